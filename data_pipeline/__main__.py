@@ -1,0 +1,31 @@
+"""`python -m data_pipeline <stage> ...`: every data stage, standalone or from a recipe."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from data_pipeline.io import StageError
+from recipes import RecipeError
+
+
+def main(argv: list[str] | None = None) -> int:
+    from data_pipeline.curation.cli import STAGES as CURATION
+    from data_pipeline.generation.cli import STAGES as GENERATION
+    from data_pipeline.pipeline import STAGES as PIPELINE
+
+    parser = argparse.ArgumentParser(prog="python -m data_pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="stage", required=True)
+    for name, (help_text, configure) in {**GENERATION, **CURATION, **PIPELINE}.items():
+        configure(sub.add_parser(name, help=help_text, description=help_text))
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (StageError, RecipeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
