@@ -1,0 +1,6 @@
+"""The Llama-style decoder used for the Phi-1 and Cosmo-1B reproductions (see modeling/README.md)."""
+
+from modeling.config import PRESETS, ModelConfig
+from modeling.model import Transformer
+
+__all__ = ["PRESETS", "ModelConfig", "Transformer"]
