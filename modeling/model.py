@@ -261,8 +261,14 @@ class Transformer(nn.Module):
         doc = document_ids(positions)
         return Layout(backend, mask=document_mask(doc, doc))
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor | None = None, kv_cache: KVCache | None = None) -> Tensor:
-        """Logits [B, T, vocab] in fp32.
+    def forward(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> Tensor:
+        """Logits [B, T, vocab] in fp32 ([B, 1, vocab] with `last_only`, which generation uses at prefill).
 
         `position_ids` [B, T] (default 0..T-1) restarting at 0 start new documents (packed rows). With a
         `kv_cache` they are required (generation passes them) and the cache advances by T.
@@ -281,6 +287,8 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, layout)
         if kv_cache is not None:
             kv_cache.length += T
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.norm(x)).float()
 
     # ---- generation ----------------------------------------------------------------------------------------
@@ -325,7 +333,7 @@ class Transformer(nn.Module):
         cache = KVCache.empty(self.config, B, L + max_new_tokens, device, compute_dtype(self.embed.weight))
         generator = None if seed is None else torch.Generator(device).manual_seed(seed)
 
-        logits = self(ids, positions, kv_cache=cache)[:, -1]
+        logits = self(ids, positions, kv_cache=cache, last_only=True)[:, -1]
         out: list[list[int]] = [[] for _ in prompts]
         active = [True] * B
         for step in range(max_new_tokens):
