@@ -35,6 +35,12 @@ def sha256_text(text: str) -> str:
 
 def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> Iterator[dict]:
     """Yield records; a malformed line or a record missing a required field raises `file:line: ...`."""
+    for _, record in read_jsonl_numbered(path, required):
+        yield record
+
+
+def read_jsonl_numbered(path: str | Path, required: Iterable[str] = ()) -> Iterator[tuple[int, dict]]:
+    """Like read_jsonl, with each record's line number, for checks that name `file:line` themselves."""
     path = Path(path)
     if not path.is_file():
         raise StageError(f"{path}: input file not found")
@@ -52,7 +58,7 @@ def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> Iterator[dict]
             missing = [k for k in required if k not in record]
             if missing:
                 raise StageError(f"{path}:{lineno}: record lacks required field(s) {', '.join(missing)}")
-            yield record
+            yield lineno, record
 
 
 @contextlib.contextmanager
@@ -121,6 +127,11 @@ def _fingerprint(path: Path) -> str:
             h.update(f"{p.relative_to(path)}\0{sha256_file(p)}\n".encode())
         return h.hexdigest()
     return sha256_file(path)
+
+
+def fingerprint(path: str | Path) -> str:
+    """The hash manifests record for an input: a file's sha256, or a directory's (name, sha256) listing hash."""
+    return _fingerprint(Path(path))
 
 
 def write_manifest(
