@@ -1,0 +1,1 @@
+"""Synthetic data generation: per-method prompt builders, the resumable runner, and their stages."""

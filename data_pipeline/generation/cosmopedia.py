@@ -1,0 +1,143 @@
+"""Cosmopedia prompts (Ben Allal et al. 2024, "Cosmopedia: how to create large-scale synthetic data").
+
+A prompt asks the teacher for one of five formats (two textbook styles, blog post, wikiHow article,
+story) for one of four audiences, about a seed: a topic, a curated course outline, or a web/code
+extract (cut to ~1000 characters). Style instructions are concrete per audience and per format, and
+every prompt forbids the openers and boilerplate Cosmopedia found the teacher overusing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from data_pipeline.generation.sources import DEFAULT_TOPICS, chat, read_lines, sample_indices
+from data_pipeline.io import StageError, read_jsonl_numbered
+
+AUDIENCES = {
+    "young_children": (
+        "for young children (ages 5 to 10). Use short sentences and simple everyday words, explain every idea "
+        "with familiar things such as toys, pets, snacks or the playground, and avoid technical terms, formulas "
+        "and jargon entirely."
+    ),
+    "high_school": (
+        "for high school students. Use relatable examples, define each new term the first time it appears, "
+        "show one worked example, and keep the mathematics at high-school level."
+    ),
+    "college": (
+        "for college students. Be rigorous and precise, develop each concept in depth before moving on, use the "
+        "correct terminology, and include worked examples, derivations or short proofs where they help."
+    ),
+    "researchers": (
+        "for researchers and professionals in the field. Assume expert background, use technical vocabulary "
+        "without definitions, discuss subtleties, open questions and the state of current work critically."
+    ),
+}
+
+FORMATS = {
+    "textbook_academic": (
+        "a textbook course unit",
+        "Write in an academic, professional tone. Cover the concepts thoroughly rather than listing them, and "
+        "make the text applicable with specific, practical examples (calculations, dates, code or experiments).",
+    ),
+    "textbook_narrative": (
+        "a textbook section written as a narrative",
+        "Explain the ideas through an engaging narrative arc that follows a question from puzzle to "
+        "understanding, while staying accurate and teaching the concepts step by step.",
+    ),
+    "blog_post": (
+        "an engaging blog post",
+        "Write in a lively, conversational voice with concrete examples and practical takeaways, as an expert "
+        "who enjoys explaining the subject.",
+    ),
+    "wikihow": (
+        "a wikiHow-style how-to article",
+        "Give numbered steps; for each step explain what to do, how, and why it matters, and add key tips and "
+        "common mistakes to avoid.",
+    ),
+    "story": (
+        "a short story",
+        "Teach the ideas through characters, dialogue and events in which the knowledge matters to the plot; "
+        "the lesson should come out of what happens, not from a lecture.",
+    ),
+}
+
+ANTI_BOILERPLATE = (
+    'Do not start with "Once upon a time", "Have you ever...", "Imagine" or a greeting, do not add a title, '
+    "an introduction or a table of contents, and do not use images. Begin directly with the content."
+)
+
+
+def _subject(seed: dict, what: str, extract_chars: int) -> str:
+    topic = seed["topic"].strip()
+    if seed.get("extract"):
+        extract = seed["extract"].strip()[:extract_chars]
+        source = f'a document about "{topic}"' if topic else "a web page or code file"
+        return (
+            f'Here is an extract from {source}:\n\n"""\n{extract}\n"""\n\n'
+            f"Write {what} related to this extract, going beyond it to teach the underlying ideas"
+        )
+    if seed.get("outline"):
+        outline = seed["outline"].strip()
+        return f'Here is the outline of a course on "{topic}":\n\n{outline}\n\nWrite {what} covering this outline'
+    return f'Write {what} about "{topic}"'
+
+
+def build_prompt(seed: dict, audience: str, fmt: str, extract_chars: int = 1000) -> str:
+    what, style = FORMATS[fmt]
+    return f"{_subject(seed, what, extract_chars)} {AUDIENCES[audience]}\n\n{style}\n\n{ANTI_BOILERPLATE}"
+
+
+def build(
+    seeds: list[dict],
+    audiences: list[str],
+    formats: list[str],
+    num_prompts: int,
+    seed: int,
+    extract_chars: int = 1000,
+) -> list[dict]:
+    """`num_prompts` distinct prompts sampled from seeds x audiences x formats, fixed by `seed`."""
+    unique, seen = [], set()
+    for s in seeds:  # de-duplicate seeds so every cell of the cross product is a distinct prompt
+        key = (s["topic"].strip().lower(), (s.get("extract") or "")[:extract_chars], s.get("outline") or "")
+        if key not in seen:
+            seen.add(key)
+            unique.append(s)
+    cells = len(audiences) * len(formats)
+    records = []
+    for index in sample_indices(len(unique) * cells, num_prompts, seed):
+        s, rest = unique[index // cells], index % cells
+        audience, fmt = audiences[rest // len(formats)], formats[rest % len(formats)]
+        kind = "extract" if s.get("extract") else "outline" if s.get("outline") else "topic"
+        records.append(
+            {
+                "method": "cosmopedia",
+                "messages": chat(build_prompt(s, audience, fmt, extract_chars)),
+                "topic": s["topic"],
+                "audience": audience,
+                "format": fmt,
+                "seed_kind": kind,
+            }
+        )
+    return records
+
+
+def load_seeds(path: str | Path | None) -> list[dict]:
+    """Seeds from a .txt topic list or a JSONL of {topic?, extract | text?, outline?} (e.g. the topics stage)."""
+    path = Path(path or DEFAULT_TOPICS)
+    if path.suffix == ".txt":
+        return [{"topic": topic} for topic in read_lines(path)]
+    seeds = []
+    for lineno, record in read_jsonl_numbered(path):
+        topic, extract, outline = (
+            record.get("topic"),
+            record.get("extract", record.get("text")),
+            record.get("outline"),
+        )
+        if not any(isinstance(v, str) and v.strip() for v in (topic, extract)):
+            raise StageError(
+                f"{path}:{lineno}: a Cosmopedia seed needs a 'topic' or an 'extract' (or 'text') string"
+            )
+        seeds.append({"topic": topic or "", "extract": extract or "", "outline": outline or ""})
+    if not seeds:
+        raise StageError(f"{path}: no seed records")
+    return seeds

