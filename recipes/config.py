@@ -9,6 +9,7 @@ dotted key - one line, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -85,6 +86,9 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             raise fail("an integer")
         return value
     if tp is float:
+        # PyYAML (YAML 1.1) reads `1e-3` (no dot) as a string; accept that spelling of a number.
+        if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise fail("a number")
         return float(value)

@@ -1,0 +1,44 @@
+"""`--dry-run`: size a stage without data or compute (the model is built on the meta device)."""
+
+from __future__ import annotations
+
+import torch
+
+from modeling import Transformer
+from recipes import Recipe
+from train.launch import launch_command, needs_launcher
+from train.plan import plan_stage
+
+
+def describe_stage(recipe: Recipe, stage: str) -> str:
+    plan = plan_stage(recipe, stage, need_data=False)
+    section, config = plan.section, plan.model_config
+    with torch.device("meta"):
+        model = Transformer(config)
+    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    flops = config.flops_per_token(section.seq_len)
+    total_tokens = section.max_steps * plan.tokens_per_step
+    if needs_launcher(recipe.launch):
+        node = ("$MACHINE_RANK", "$MASTER_ADDR") if recipe.launch.num_machines > 1 else None
+        command = " ".join(launch_command(recipe.launch, plan.out_dir / "recipe.yaml", stage, node=node))
+    else:
+        command = f"in process (python -m train --recipe {recipe.name} --stage {stage})"
+    if plan.init_dir is not None and (plan.init_dir / "config.json").is_file():
+        vocab_note = "from the init checkpoint"
+    else:
+        vocab_note = "from the shards" if plan.eot_id is not None else "preset; no shards yet"
+    init = plan.init_dir or f"random (seed {recipe.seed})"
+    lines = [
+        f"[{stage}] init: {init}",
+        f"  parameters:        {params:,} ({config.num_params(include_embeddings=False):,} non-embedding); "
+        f"vocab {config.vocab_size:,} ({vocab_note})",
+        f"  FLOPs/token:       {flops:,} (training, seq_len {section.seq_len})",
+        f"  tokens/step:       {plan.tokens_per_step:,} = {section.global_batch_size} sequences x {section.seq_len}",
+        f"  batch layout:      micro {section.micro_batch_size} x world {plan.world_size} x accumulation "
+        f"{plan.accumulation}",
+        f"  steps:             {section.max_steps:,} ({total_tokens:,} tokens, {flops * total_tokens:.3e} FLOPs)",
+        f"  schedule:          {section.schedule}, lr {section.lr:g}, warmup {section.warmup_steps}, "
+        f"min {section.lr * section.min_lr_ratio:g}, weight decay {section.weight_decay:g}",
+        f"  launch:            {command}",
+    ]
+    return "\n".join(lines)
