@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data_pipeline.io import StageError
-from recipes import RecipeError
+from data_pipeline.stage import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,12 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (help_text, configure) in {**GENERATION, **CURATION, **PIPELINE}.items():
         configure(sub.add_parser(name, help=help_text, description=help_text))
     args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except (StageError, RecipeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,8 @@ import sys
 from pathlib import Path
 
 from data_pipeline.io import StageError
-from data_pipeline.stage import add_stage_args, recipe_from_args
+from data_pipeline.stage import add_stage_args, recipe_from_args, run_cli
 from eval.generation import set_threads
-from recipes import RecipeError
 from recipes.evaluation import LmEvalTask
 
 DEFAULT_SHOTS = {"mmlu": 5, "arc_easy": 0, "arc_challenge": 0}
@@ -123,12 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         add_stage_args(p, inputs=False)
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except (StageError, RecipeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data_pipeline.io import StageError
-from recipes import RecipeError, load_recipe
+from data_pipeline.stage import run_cli
+from recipes import load_recipe
 from recipes.training import STAGES
 
 
@@ -46,29 +46,24 @@ def parse(argv: list[str]) -> tuple[bool, argparse.Namespace]:
 
 def main(argv: list[str] | None = None) -> int:
     run_all, args = parse(list(sys.argv[1:] if argv is None else argv))
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-        stages = list(recipe.train.stages) if run_all else [args.stage]
-        if args.resume:  # one stage must have a checkpoint; in `all` a stage without one starts fresh
-            mode = "auto" if run_all else "require"
-            recipe = load_recipe(
-                args.recipe, [*args.overrides, *(f"train.{s}.resume={mode}" for s in stages)]
-            )
-        if args.dry_run:
-            from train.dry_run import describe_stage
+    return run_cli(lambda: run(run_all, args))
 
-            print("\n".join(describe_stage(recipe, stage) for stage in stages))
-            return 0
-        from train import train_stage
 
-        for stage in stages:
-            print(
-                f"[train] {stage}: export at {train_stage(recipe, stage, force=args.force)}", file=sys.stderr
-            )
-    except (StageError, RecipeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+def run(run_all: bool, args: argparse.Namespace) -> None:
+    recipe = load_recipe(args.recipe, args.overrides)
+    stages = list(recipe.train.stages) if run_all else [args.stage]
+    if args.resume:  # one stage must have a checkpoint; in `all` a stage without one starts fresh
+        mode = "auto" if run_all else "require"
+        recipe = load_recipe(args.recipe, [*args.overrides, *(f"train.{s}.resume={mode}" for s in stages)])
+    if args.dry_run:
+        from train.dry_run import describe_stage
+
+        print("\n".join(describe_stage(recipe, stage) for stage in stages))
+        return
+    from train import train_stage
+
+    for stage in stages:
+        print(f"[train] {stage}: export at {train_stage(recipe, stage, force=args.force)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -99,3 +99,11 @@ def test_cli_reports_bad_recipe_and_exits_nonzero(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "recipes", "show", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "unknown key 'bogus'" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_float_accepts_exponent_without_dot(tmp_path):
+    # YAML 1.1 (PyYAML) reads `1e-3` as a string; a float key must still take it.
+    recipe = load_recipe("tiny", ["train.pretrain.lr=3e-4"])
+    assert recipe.train.pretrain.lr == 3e-4
+    with pytest.raises(RecipeError, match="expected a number"):
+        load_recipe("tiny", ["train.pretrain.lr=fast"])
