@@ -52,7 +52,9 @@ def read_jsonl_numbered(path: str | Path, required: Iterable[str] = ()) -> Itera
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise StageError(f"{path}:{lineno}: malformed JSON ({e.msg}); expected one JSON object per line") from e
+                raise StageError(
+                    f"{path}:{lineno}: malformed JSON ({e.msg}); expected one JSON object per line"
+                ) from e
             if not isinstance(record, dict):
                 raise StageError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
             missing = [k for k in required if k not in record]
@@ -176,7 +178,9 @@ def read_manifest(output: str | Path) -> dict | None:
         return None
 
 
-def is_fresh(output: str | Path, *, stage: str, version: str, params: dict, inputs: Iterable[str | Path]) -> bool:
+def is_fresh(
+    output: str | Path, *, stage: str, version: str, params: dict, inputs: Iterable[str | Path]
+) -> bool:
     """True when `output` exists, is unchanged since its manifest, and was made from the same inputs+params.
 
     This is how `make all` reuses finished stages: comparing the manifest, not timestamps.

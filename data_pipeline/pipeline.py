@@ -23,18 +23,26 @@ def run_data(recipe: Recipe, *, force: bool = False) -> dict[str, dict]:
     manifests = {f"generation/{k}": v for k, v in run_generation(recipe, force=force).items()}
     manifests.update({f"curation/{k}": v for k, v in run_curation(recipe, force=force).items()})
     summary = {
-        label: {"counts": m.get("counts", {}), "wall_seconds": m.get("wall_seconds"), "output": m.get("output")}
+        label: {
+            "counts": m.get("counts", {}),
+            "wall_seconds": m.get("wall_seconds"),
+            "output": m.get("output"),
+        }
         for label, m in manifests.items()
     }
-    write_json(data_dir(recipe) / "pipeline.json", {"recipe": recipe.name, "stages": summary,
-                                                     "wall_seconds": round(time.time() - started, 1)})
+    write_json(
+        data_dir(recipe) / "pipeline.json",
+        {"recipe": recipe.name, "stages": summary, "wall_seconds": round(time.time() - started, 1)},
+    )
     return manifests
 
 
 def _run(args: argparse.Namespace) -> None:
     recipe = recipe_from_args(args)
     manifests = run_data(recipe, force=args.force)
-    print(f"[data] {recipe.name}: {len(manifests)} stages up to date under {data_dir(recipe)}", file=sys.stderr)
+    print(
+        f"[data] {recipe.name}: {len(manifests)} stages up to date under {data_dir(recipe)}", file=sys.stderr
+    )
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
@@ -42,4 +50,6 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_run)
 
 
-STAGES = {"all": ("every data stage of a recipe, in order: generation, curation, tokenizer, shards", _configure)}
+STAGES = {
+    "all": ("every data stage of a recipe, in order: generation, curation, tokenizer, shards", _configure)
+}

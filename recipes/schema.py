@@ -21,14 +21,25 @@ RECIPES_DIR = Path(__file__).resolve().parent
 
 @dataclass
 class DataSection:
-    generation: GenerationSection = setting("Teacher and synthetic-data generation (Cosmopedia, Phi-1, Self-Instruct, Orca).", factory=GenerationSection)
-    curation: CurationSection = setting("Sources, classifier, heuristics, dedup, decontamination, tokenizer and shards.", factory=CurationSection)
+    generation: GenerationSection = setting(
+        "Teacher and synthetic-data generation (Cosmopedia, Phi-1, Self-Instruct, Orca).",
+        factory=GenerationSection,
+    )
+    curation: CurationSection = setting(
+        "Sources, classifier, heuristics, dedup, decontamination, tokenizer and shards.",
+        factory=CurationSection,
+    )
 
 
 @dataclass
 class ModelSection:
-    preset: str = setting("Named architecture preset from modeling.presets (tiny, phi1-small, phi1, cosmo-1b, smollm2-135m).")
-    overrides: dict[str, Any] = setting("ModelConfig fields to change on top of the preset (e.g. vocab_size is set from the tokenizer when null).", factory=dict)
+    preset: str = setting(
+        "Named architecture preset from modeling.presets (tiny, phi1-small, phi1, cosmo-1b, smollm2-135m)."
+    )
+    overrides: dict[str, Any] = setting(
+        "ModelConfig fields to change on top of the preset (e.g. vocab_size is set from the tokenizer when null).",
+        factory=dict,
+    )
 
     def __post_init__(self) -> None:
         from modeling import PRESETS
@@ -57,7 +68,9 @@ class Recipe:
     data: DataSection = setting("Data generation and curation.", factory=DataSection)
     model: ModelSection = setting("Model architecture.", factory=lambda: ModelSection(preset="tiny"))
     train: TrainSection = setting("Training stages (pretrain, finetune).", factory=TrainSection)
-    launch: LaunchSection = setting("How training is launched (accelerate config, processes, nodes).", factory=LaunchSection)
+    launch: LaunchSection = setting(
+        "How training is launched (accelerate config, processes, nodes).", factory=LaunchSection
+    )
     eval: EvalSection = setting("Benchmarks, shots, limits and sampling.", factory=EvalSection)
 
     @property

@@ -55,7 +55,10 @@ def test_manifest_freshness(tmp_path):
     write_jsonl(out, [{"id": 1, "text": "x"}])
     kwargs = dict(stage="copy", version="1", params={"n": 3}, inputs=[src])
     manifest = write_manifest(out, counts={"in": 1, "out": 1}, **kwargs)
-    assert json.loads(out.with_name("out.jsonl.manifest.json").read_text())["output_sha256"] == manifest["output_sha256"]
+    assert (
+        json.loads(out.with_name("out.jsonl.manifest.json").read_text())["output_sha256"]
+        == manifest["output_sha256"]
+    )
     assert is_fresh(out, **kwargs)
     assert not is_fresh(out, **{**kwargs, "params": {"n": 4}})
     write_jsonl(src, [{"id": 1, "text": "changed"}])

@@ -10,8 +10,17 @@ from modeling.model import hf_name
 
 def small_config(**overrides) -> ModelConfig:
     """A 2-layer model that runs in milliseconds; GQA (4 query heads share 2 kv heads) unless overridden."""
-    fields = dict(vocab_size=97, hidden_size=64, intermediate_size=160, num_layers=2, num_heads=4, num_kv_heads=2,
-                  rope_theta=500.0, max_seq_len=128, attention="sdpa")
+    fields = dict(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=160,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        rope_theta=500.0,
+        max_seq_len=128,
+        attention="sdpa",
+    )
     return ModelConfig(**{**fields, **overrides})
 
 

@@ -49,7 +49,10 @@ def test_save_bf16_and_overwrite(tmp_path):
     loaded = Transformer.from_pretrained(tmp_path / "ckpt")
     assert loaded.embed.weight.dtype == torch.bfloat16
     assert torch.equal(loaded.embed.weight, model.embed.weight.to(torch.bfloat16))
-    assert Transformer.from_pretrained(tmp_path / "ckpt", dtype=torch.float32).embed.weight.dtype == torch.float32
+    assert (
+        Transformer.from_pretrained(tmp_path / "ckpt", dtype=torch.float32).embed.weight.dtype
+        == torch.float32
+    )
 
 
 @torch.no_grad()
@@ -64,7 +67,9 @@ def test_load_sharded_untied_checkpoint_written_by_transformers(tmp_path):
 
 def test_save_with_tokenizer(tmp_path, smollm2_path):
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
-    Transformer(small_config(vocab_size=len(tokenizer))).save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer)
+    Transformer(small_config(vocab_size=len(tokenizer))).save_pretrained(
+        tmp_path / "ckpt", tokenizer=tokenizer
+    )
     again = AutoTokenizer.from_pretrained(tmp_path / "ckpt")
     assert again("def f(x):").input_ids == tokenizer("def f(x):").input_ids
 
@@ -72,7 +77,10 @@ def test_save_with_tokenizer(tmp_path, smollm2_path):
 def test_load_errors(tmp_path):
     Transformer(small_config()).save_pretrained(tmp_path / "ckpt")
     state = load_file(tmp_path / "ckpt" / "model.safetensors")
-    save_file({**state, "model.layers.0.self_attn.q_proj.bias": torch.zeros(64)}, tmp_path / "ckpt" / "model.safetensors")
+    save_file(
+        {**state, "model.layers.0.self_attn.q_proj.bias": torch.zeros(64)},
+        tmp_path / "ckpt" / "model.safetensors",
+    )
     with pytest.raises(ValueError, match="q_proj.bias"):
         Transformer.from_pretrained(tmp_path / "ckpt")
     del state["model.norm.weight"]

@@ -17,8 +17,9 @@ QUESTIONS = ["What is the capital of France?", "Write a Python function that ret
 @pytest.fixture(scope="module")
 def chat_prompts(smollm2_tokenizer) -> list[list[int]]:
     return [
-        smollm2_tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                              return_dict=False)
+        smollm2_tokenizer.apply_chat_template(
+            [{"role": "user", "content": q}], add_generation_prompt=True, return_dict=False
+        )
         for q in QUESTIONS
     ]
 
@@ -36,16 +37,24 @@ def test_logits_match_transformers(smollm2_path, smollm2_hf, smollm2_tokenizer, 
 
 def test_greedy_generation_matches_transformers(smollm2_ours, smollm2_hf, smollm2_tokenizer, chat_prompts):
     eos = smollm2_tokenizer.eos_token_id
-    ours = smollm2_ours.generate(chat_prompts, 20, eos_token_id=eos, pad_token_id=smollm2_tokenizer.pad_token_id)
+    ours = smollm2_ours.generate(
+        chat_prompts, 20, eos_token_id=eos, pad_token_id=smollm2_tokenizer.pad_token_id
+    )
     for prompt, new in zip(chat_prompts, ours):
-        ref = smollm2_hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, eos_token_id=eos,
-                                  pad_token_id=eos)[0, len(prompt) :].tolist()
+        ref = smollm2_hf.generate(
+            torch.tensor([prompt]), max_new_tokens=20, do_sample=False, eos_token_id=eos, pad_token_id=eos
+        )[0, len(prompt) :].tolist()
         assert new == (ref[: ref.index(eos)] if eos in ref else ref)  # ours excludes eos
     assert "Paris" in smollm2_tokenizer.decode(ours[0])
 
 
 def test_stop_strings(smollm2_ours, smollm2_tokenizer, chat_prompts):
-    out = smollm2_ours.generate(chat_prompts[1:], 40, eos_token_id=smollm2_tokenizer.eos_token_id,
-                                stop_strings=["return"], tokenizer=smollm2_tokenizer)[0]
+    out = smollm2_ours.generate(
+        chat_prompts[1:],
+        40,
+        eos_token_id=smollm2_tokenizer.eos_token_id,
+        stop_strings=["return"],
+        tokenizer=smollm2_tokenizer,
+    )[0]
     text = smollm2_tokenizer.decode(out)
     assert "return" in text and "return" not in smollm2_tokenizer.decode(out[:-1])  # stopped on that token

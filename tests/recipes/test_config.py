@@ -96,7 +96,9 @@ def test_nested_types():
 def test_cli_reports_bad_recipe_and_exits_nonzero(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("name: x\nbogus: 1\n")
-    proc = subprocess.run([sys.executable, "-m", "recipes", "show", str(path)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "recipes", "show", str(path)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "unknown key 'bogus'" in proc.stderr and proc.stderr.count("\n") == 1
 
