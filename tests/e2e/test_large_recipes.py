@@ -46,3 +46,44 @@ def test_phi1_schedule_matches_the_paper():
     )
     assert pre.schedule == fine.schedule == "linear" and fine.init_from == "pretrain"
     assert (recipe.model.config().num_layers, recipe.model.config().hidden_size) == (24, 2048)
+
+
+# The paper recipes' own data rules (their decontamination rule, classifier, mixtures) on a few documents:
+# only the scale changes - the local teacher instead of a vLLM fleet, 20 stdlib files instead of The Stack.
+FEW_DOCUMENTS = [
+    "data.generation.teacher={backend: transformers, batch_size: 4, threads: 1}",
+    "data.generation.sampling.max_new_tokens=48",
+    "data.curation.executor={kind: inline}",
+    "data.curation.sources.hub=[]",
+    "data.curation.sources.stdlib={enabled: true, max_files: 20}",
+    "data.curation.heuristics.synthetic.min_chars=20",
+    "data.curation.heuristics.synthetic.drop_truncated=false",
+    "data.curation.tokenizer.vocab_size=1024",
+]
+SCALE_DOWN = {
+    "cosmo-1b": ["data.generation.cosmopedia.num_prompts=4"],
+    "phi1": [
+        "data.generation.code_textbook.num_prompts=2",
+        "data.generation.code_exercises.num_prompts=6",
+        "data.generation.code_exercises.max_new_tokens=160",
+        "data.curation.classifier.sample_size=8",
+        "data.curation.classifier.cv_folds=2",
+    ],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SCALE_DOWN))
+def test_data_stages_on_a_few_documents(tmp_path, name):
+    from data_pipeline.pipeline import run_data
+    from data_pipeline.shards import ShardReader
+
+    recipe = load_recipe(name, [f"run_dir={tmp_path}", *FEW_DOCUMENTS, *SCALE_DOWN[name]])
+    manifests = run_data(recipe)
+    decontaminated = [m for label, m in manifests.items() if label.endswith("/decontaminated")]
+    assert decontaminated and all(
+        m["params"]["rule"] == recipe.data.curation.decontamination.rule for m in decontaminated
+    )
+    for stage in ("pretrain", "finetune"):
+        if getattr(recipe.data.curation.shards, stage):
+            assert ShardReader(tmp_path / "data" / "shards" / stage / "train").num_tokens > 0
