@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -87,8 +88,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def _remove(p: Path) -> None:
-    import shutil
-
     shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
@@ -121,19 +120,15 @@ def manifest_path(output: str | Path) -> Path:
     return output.with_name(output.name + ".manifest.json")
 
 
-def _fingerprint(path: Path) -> str:
-    """sha256 of a file, or of the sorted (name, sha256) listing of a directory."""
+def fingerprint(path: str | Path) -> str:
+    """The hash manifests record: a file's sha256, or the sha256 of a directory's sorted (name, sha256) listing."""
+    path = Path(path)
     if path.is_dir():
         h = hashlib.sha256()
         for p in sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".")):
             h.update(f"{p.relative_to(path)}\0{sha256_file(p)}\n".encode())
         return h.hexdigest()
     return sha256_file(path)
-
-
-def fingerprint(path: str | Path) -> str:
-    """The hash manifests record for an input: a file's sha256, or a directory's (name, sha256) listing hash."""
-    return _fingerprint(Path(path))
 
 
 def write_manifest(
@@ -154,11 +149,11 @@ def write_manifest(
         "stage": stage,
         "version": version,
         "params": params,
-        "inputs": {str(p): _fingerprint(Path(p)) for p in inputs},
+        "inputs": {str(p): fingerprint(p) for p in inputs},
         "counts": counts or {},
         "drops": drops or {},
         "output": str(output),
-        "output_sha256": _fingerprint(output) if output.exists() else None,
+        "output_sha256": fingerprint(output) if output.exists() else None,
         "wall_seconds": round(time.time() - started, 3) if started else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -194,6 +189,6 @@ def is_fresh(
         manifest.get("stage") == stage
         and manifest.get("version") == version
         and same_params
-        and manifest.get("inputs") == {str(p): _fingerprint(Path(p)) for p in inputs}
-        and manifest.get("output_sha256") == _fingerprint(output)
+        and manifest.get("inputs") == {str(p): fingerprint(p) for p in inputs}
+        and manifest.get("output_sha256") == fingerprint(output)
     )
