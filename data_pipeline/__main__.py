@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data_pipeline.stage import run_cli
+from stagekit.cli import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,9 +12,9 @@ import time
 
 from data_pipeline.curation.plan import run_curation
 from data_pipeline.generation.pipeline import run_generation
-from data_pipeline.io import write_json
-from data_pipeline.stage import add_stage_args, data_dir, recipe_from_args
 from recipes import Recipe
+from stagekit.cli import add_stage_args, data_dir, recipe_from_args
+from stagekit.io import write_json
 
 
 def run_data(recipe: Recipe, *, force: bool = False) -> dict[str, dict]:

@@ -16,10 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from data_pipeline.io import StageError
-from data_pipeline.stage import add_stage_args, recipe_from_args, run_cli
 from eval.generation import set_threads
 from recipes.evaluation import LmEvalTask
+from stagekit.cli import add_stage_args, recipe_from_args, run_cli
+from stagekit.io import StageError
 
 DEFAULT_SHOTS = {"mmlu": 5, "arc_easy": 0, "arc_challenge": 0}
 

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.io import (
+from eval.generation import Decoding, Generator
+from eval.problems import data_file, load_problems
+from eval.results import STAGE_VERSION, model_record, versions
+from eval.sandbox import Job, Limits, run_all
+from recipes.evaluation import DEFAULT_STOP, CodeBenchmark
+from stagekit.io import (
     StageError,
     is_fresh,
     read_jsonl_numbered,
@@ -23,11 +28,6 @@ from data_pipeline.io import (
     write_jsonl,
     write_manifest,
 )
-from eval.generation import Decoding, Generator
-from eval.problems import data_file, load_problems
-from eval.results import STAGE_VERSION, model_record, versions
-from eval.sandbox import Job, Limits, run_all
-from recipes.evaluation import DEFAULT_STOP, CodeBenchmark
 
 
 @dataclass(frozen=True)

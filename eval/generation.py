@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
-from data_pipeline.io import StageError
+from stagekit.io import StageError
 
 Backend = Literal["auto", "modeling", "transformers"]
 

@@ -16,11 +16,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from data_pipeline.io import StageError, is_fresh, read_manifest, write_json, write_jsonl, write_manifest
 from eval.generation import resolve_device
 from eval.lm_tasks import write_task_configs
 from eval.results import STAGE_VERSION, model_record, versions
 from recipes.evaluation import LmEvalTask
+from stagekit.io import StageError, is_fresh, read_manifest, write_json, write_jsonl, write_manifest
 
 MMLU_CATEGORIES = ("mmlu_stem", "mmlu_humanities", "mmlu_social_sciences", "mmlu_other")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from data_pipeline.io import StageError, atomic_path, fingerprint, read_jsonl
+from stagekit.io import StageError, atomic_path, fingerprint, read_jsonl
 
 LOADER = "eval.lm_tasks.load_local"
 ARC_SPLITS = ("train", "validation", "test")

@@ -13,7 +13,7 @@ import re
 import warnings
 from pathlib import Path
 
-from data_pipeline.io import StageError, read_jsonl
+from stagekit.io import StageError, read_jsonl
 
 MBPP_FILE = Path("mbpp/sanitized/test.jsonl")
 

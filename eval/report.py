@@ -17,7 +17,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from data_pipeline.io import (
+from eval.results import STAGE_VERSION, TEACHER_LABEL, load_results
+from recipes import Recipe
+from recipes.evaluation import CitedResult
+from stagekit.io import (
     StageError,
     atomic_path,
     fingerprint,
@@ -27,9 +30,6 @@ from data_pipeline.io import (
     write_json,
     write_manifest,
 )
-from eval.results import STAGE_VERSION, TEACHER_LABEL, load_results
-from recipes import Recipe
-from recipes.evaluation import CitedResult
 
 BENCH_NAMES = {"humaneval": "HumanEval", "mbpp": "MBPP", "mmlu": "MMLU", "arc_easy": "ARC-Easy",
                "arc_challenge": "ARC-Challenge", "arc_average": "ARC (avg of E+C)"}  # fmt: skip

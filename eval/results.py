@@ -6,7 +6,7 @@ import json
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from data_pipeline.io import StageError, fingerprint
+from stagekit.io import StageError, fingerprint
 
 STAGE_VERSION = "1"
 TEACHER_LABEL = "teacher"

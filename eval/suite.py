@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_pipeline.io import StageError
 from eval.code_eval import evaluate_code
 from eval.generation import set_threads
 from eval.lm_eval_runner import evaluate_lm
 from eval.results import TEACHER_LABEL, eval_dir, result_path
 from recipes import Recipe
+from stagekit.io import StageError
 
 
 def models_for(recipe: Recipe) -> list[tuple[str, Path]]:
@@ -27,7 +27,7 @@ def models_for(recipe: Recipe) -> list[tuple[str, Path]]:
                 f"(`python -m train all --recipe {recipe.name}`) or remove it from eval.checkpoints"
             )
     if recipe.eval.teacher:
-        from data_pipeline.teachers.assets import smollm2_dir
+        from stagekit.assets import smollm2_dir
 
         models.append((TEACHER_LABEL, smollm2_dir()))
     for label, path in recipe.eval.extra_models.items():

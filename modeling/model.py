@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -388,8 +391,6 @@ class Transformer(nn.Module):
         tokenizer files when given), atomically: a killed save never leaves a half-written checkpoint."""
         from safetensors.torch import save_file
 
-        from data_pipeline.io import atomic_path
-
         tied = self.config.tie_word_embeddings
         state = {
             hf_name(k): v.detach().to("cpu", dtype or v.dtype).contiguous()
@@ -399,14 +400,26 @@ class Transformer(nn.Module):
         config = self.config.to_hf_config()
         config["torch_dtype"] = str(state["model.embed_tokens.weight"].dtype).removeprefix("torch.")
         generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
-        with atomic_path(path) as tmp:
-            tmp.mkdir()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
-        return Path(path)
+            if path.exists():  # replace an older export: move it aside first, so no moment has neither
+                old = tmp.with_name(tmp.name + ".old")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return path
 
     @classmethod
     def from_pretrained(

@@ -283,6 +283,11 @@ class MixtureComponent:
     profile: Literal["code", "synthetic"] = setting("Which heuristics rules apply.", "synthetic")
     edu_filter: bool = setting("Score with the edu classifier and filter (Phi-1's filtered code).", False)
     curate: bool = setting("Run heuristics, dedup and decontamination on it before mixing.", True)
+    mask_prompt: bool = setting(
+        "Completion-only loss: a record's `prompt` field (a prefix of its `text`, e.g. an exercise's signature "
+        "and docstring) is tokenized on its own and excluded from the loss; records without one train on all.",
+        False,
+    )
 
 
 def _pretrain_mixture() -> list[MixtureComponent]:
@@ -299,7 +304,12 @@ def _pretrain_mixture() -> list[MixtureComponent]:
 
 def _finetune_mixture() -> list[MixtureComponent]:
     # Phi-1 Sec. 2: CodeExercises (~180M tokens) is the finetuning set.
-    return [MixtureComponent(name="exercises", path="generation/exercises.jsonl", weight=1.0, profile="code")]
+    # The loss counts only the solution, not the HumanEval-style prompt it completes.
+    return [
+        MixtureComponent(
+            name="exercises", path="generation/exercises.jsonl", weight=1.0, profile="code", mask_prompt=True
+        )
+    ]
 
 
 @dataclass

@@ -25,7 +25,7 @@ class StageSection:
     """Hyperparameters of one training stage; the defaults are CPU-sized."""
 
     shards: str = setting(
-        "Packed shard directory holding train/ and val/ (data_pipeline.shards). Empty: <run>/data/shards/<stage>.",
+        "Packed shard directory holding train/ and val/ (stagekit.shards). Empty: <run>/data/shards/<stage>.",
         "",
     )
     init_from: str = setting(

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from data_pipeline.io import atomic_path
 from recipes import Recipe, to_dict
+from stagekit.io import atomic_path
 from train.launch import in_launched_job, launch_command, needs_launcher, node_identity, run_launcher
 from train.plan import StagePlan, plan_stage
 from train.trainer import run_stage, stage_is_fresh

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data_pipeline.stage import run_cli
 from recipes import load_recipe
 from recipes.training import STAGES
+from stagekit.cli import run_cli
 
 
 def parse(argv: list[str]) -> tuple[bool, argparse.Namespace]:

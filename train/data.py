@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_pipeline.io import StageError
-from data_pipeline.shards import ShardReader
+from stagekit.io import StageError
+from stagekit.shards import ShardReader
 
 
 @dataclass

@@ -6,8 +6,8 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from data_pipeline.io import StageError
 from recipes.training import StageSection
+from stagekit.io import StageError
 
 MIN_HISTORY = 5  # accepted steps needed before the spike test means anything
 

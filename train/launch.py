@@ -18,8 +18,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
-from data_pipeline.io import StageError
 from recipes.training import LaunchSection
+from stagekit.io import StageError
 from train.plan import StagePlan
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from data_pipeline.io import atomic_path
+from stagekit.io import atomic_path
 
 # Dense (no 2:4 sparsity) peak FLOP/s per device from NVIDIA's datasheets. bf16/fp16 are tensor-core
 # numbers; fp32 is the plain CUDA-core rate (PyTorch's default matmul precision does not use TF32).

@@ -12,11 +12,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_pipeline.io import StageError
-from data_pipeline.shards import INDEX
 from modeling import ModelConfig
 from recipes import Recipe, to_dict
 from recipes.training import STAGES, StageSection
+from stagekit.io import StageError
+from stagekit.shards import INDEX
 from train.data import training_sequences, validation_sequences
 
 VERSION = "1"

@@ -16,8 +16,8 @@ from accelerate.utils import DistributedType, gather_object, set_seed
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from data_pipeline.io import StageError, fingerprint, is_fresh, write_manifest
 from modeling import Transformer
+from stagekit.io import StageError, fingerprint, is_fresh, write_manifest
 from train import checkpoint as ckpt
 from train.data import Batch, TrainBatches, training_sequences, validation_batches, validation_sequences
 from train.guard import LossGuard

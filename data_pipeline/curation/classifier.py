@@ -30,7 +30,9 @@ import numpy as np
 from data_pipeline.curation.common import FilterWriter, fresh
 from data_pipeline.curation.embed import Embedder
 from data_pipeline.curation.executor import DocumentWorker, map_documents
-from data_pipeline.io import (
+from data_pipeline.teachers.base import Sampling
+from recipes import Recipe, to_dict
+from stagekit.io import (
     StageError,
     atomic_path,
     read_jsonl,
@@ -39,8 +41,6 @@ from data_pipeline.io import (
     write_jsonl,
     write_manifest,
 )
-from data_pipeline.teachers.base import Sampling
-from recipes import Recipe, to_dict
 
 ANNOTATE, CLASSIFY, FILTER = "edu-annotate", "edu-classifier", "edu-filter"
 VERSION = "1"

@@ -21,10 +21,10 @@ from data_pipeline.curation.heuristics import run_heuristics
 from data_pipeline.curation.mixture import run_shards
 from data_pipeline.curation.sources import run_sources
 from data_pipeline.curation.tokenizer import run_tokenizer
-from data_pipeline.io import StageError
-from data_pipeline.stage import add_stage_args, recipe_from_args
 from recipes import Recipe
 from recipes.curation import MixtureComponent
+from stagekit.cli import add_stage_args, recipe_from_args
+from stagekit.io import StageError
 
 
 def _report(stage: str, manifest: dict) -> None:

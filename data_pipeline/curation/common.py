@@ -8,9 +8,9 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from data_pipeline.io import StageError, atomic_path, is_fresh, read_manifest, write_manifest
-from data_pipeline.stage import data_dir
 from recipes import Recipe
+from stagekit.cli import data_dir
+from stagekit.io import StageError, atomic_path, is_fresh, read_manifest, write_manifest
 
 
 def data_path(recipe: Recipe, path: str | Path) -> Path:

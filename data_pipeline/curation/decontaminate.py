@@ -23,8 +23,8 @@ from pathlib import Path
 
 from data_pipeline.curation.common import FilterWriter, fresh
 from data_pipeline.curation.executor import DocumentWorker, map_documents
-from data_pipeline.io import StageError, read_jsonl
 from recipes import Recipe, to_dict
+from stagekit.io import StageError, read_jsonl
 
 STAGE, VERSION = "decontaminate", "1"
 _WORD = re.compile(r"\w+")

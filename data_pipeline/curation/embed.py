@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.io import StageError
+from stagekit.io import StageError
 
 
 def embedder_dir(name: str) -> Path:

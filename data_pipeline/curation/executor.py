@@ -32,8 +32,8 @@ from typing import Any
 from datatrove.pipeline.base import PipelineStep
 from tqdm import tqdm
 
-from data_pipeline.io import StageError, atomic_path, read_jsonl, sha256_file, write_json
 from recipes.curation import ExecutorConfig
+from stagekit.io import StageError, atomic_path, read_jsonl, sha256_file, write_json
 
 FINISH_ONLY_ENV = "TEXTBOOKS_CURATION_FINISH_ONLY"
 

@@ -24,12 +24,12 @@ from tqdm import tqdm
 
 from data_pipeline.curation.common import fresh
 from data_pipeline.curation.executor import DocumentWorker, map_documents
-from data_pipeline.io import StageError, atomic_path, sha256_file, write_json, write_manifest
-from data_pipeline.shards import ShardReader, ShardWriter
 from recipes import Recipe, to_dict
 from recipes.curation import ExecutorConfig, MixtureComponent
+from stagekit.io import StageError, atomic_path, sha256_file, write_json, write_manifest
+from stagekit.shards import ShardReader, ShardWriter
 
-STAGE, VERSION = "shards", "1"
+STAGE, VERSION = "shards", "2"  # 2: per-document prompt tokens (mask_prompt)
 
 
 def load_tokenizer(tokenizer_dir: Path):
@@ -43,20 +43,52 @@ def load_tokenizer(tokenizer_dir: Path):
     return tok
 
 
+def prompt_prefix(record: dict) -> str:
+    """The record's `prompt` when its `text` renders as prompt + completion (exercises do), else ""."""
+    prompt = record.get("prompt")
+    if not isinstance(prompt, str):
+        return ""
+    if not record["text"].startswith(prompt):
+        raise StageError(
+            f"record {record.get('id', '?')}: its `prompt` is not a prefix of its `text`; mask_prompt needs "
+            "text = prompt + completion"
+        )
+    return prompt
+
+
 @dataclass
 class TokenizeWorker(DocumentWorker):
     tokenizer_dir: str
     tokenizer_sha256: str  # in the fingerprint: another tokenizer invalidates cached parts
+    mask_prompt: bool = False
 
     def setup(self) -> None:
         self._tok = load_tokenizer(Path(self.tokenizer_dir)).backend_tokenizer
 
-    def process(self, records: list[dict]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch([r["text"] for r in records], add_special_tokens=False)]
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def process(self, records: list[dict]) -> list[list]:
+        """[token ids, leading prompt tokens] per record."""
+        texts = [r["text"] for r in records]
+        if not self.mask_prompt:
+            return [[ids, 0] for ids in self._encode(texts)]
+        # Prompt and completion are encoded apart so the prompt's token count is exact (a merge across
+        # the boundary would blur it), as chat-template SFT does.
+        prompts = [prompt_prefix(r) for r in records]
+        heads = self._encode(prompts)
+        tails = self._encode([t[len(p) :] for t, p in zip(texts, prompts)])
+        return [[h + t, len(h)] for h, t in zip(heads, tails)]
 
 
 def tokenize_component(
-    path: Path, name: str, tokenizer_dir: Path, cache: Path, executor: ExecutorConfig, batch_size: int, resume
+    path: Path,
+    comp: MixtureComponent,
+    tokenizer_dir: Path,
+    cache: Path,
+    executor: ExecutorConfig,
+    batch_size: int,
+    resume,
 ) -> ShardReader:
     """Token cache of one component (reused when the input and tokenizer are unchanged)."""
     tok = load_tokenizer(tokenizer_dir)
@@ -64,11 +96,13 @@ def tokenize_component(
         "input": str(path),
         "input_sha256": sha256_file(path),
         "tokenizer_sha256": sha256_file(tokenizer_dir / "tokenizer.json"),
+        "mask_prompt": comp.mask_prompt,
     }
     if (cache / "source.json").is_file() and json.loads((cache / "source.json").read_text()) == key:
         return ShardReader(cache)
     (cache / "source.json").unlink(missing_ok=True)
-    worker = TokenizeWorker(str(tokenizer_dir), key["tokenizer_sha256"])
+    name = comp.name
+    worker = TokenizeWorker(str(tokenizer_dir), key["tokenizer_sha256"], comp.mask_prompt)
     work_dir = cache.parent / f"_datatrove-{cache.name}"
     desc = f"tokenize[{name}]"
     pairs = map_documents(
@@ -78,9 +112,9 @@ def tokenize_component(
         ShardWriter(cache, vocab_size=len(tok), eot_id=tok.eos_token_id) as writer,
         tqdm(desc=f"tokens[{name}]", unit="tok", unit_scale=True, dynamic_ncols=True) as bar,
     ):
-        for _, ids in pairs:
+        for _, (ids, prompt_tokens) in pairs:
             if ids:  # an empty text would become a lone eot
-                writer.add_document(ids, source=name)
+                writer.add_document(ids, source=name, prompt_tokens=prompt_tokens)
                 bar.update(len(ids) + 1)
         writer.close()  # refuses an empty set
     write_json(cache / "source.json", key)
@@ -139,7 +173,7 @@ def run_shards(
     for comp, path in components:
         cache = output.parent / "_cache" / f"{stage}-{comp.name}"
         readers[comp.name] = tokenize_component(
-            Path(path), comp.name, tokenizer_dir, cache, executor, cfg.batch_size, resume
+            Path(path), comp, tokenizer_dir, cache, executor, cfg.batch_size, resume
         )
     # A seed per (recipe seed, stage, component): adding a component does not reshuffle the others' splits.
     train_entries, val_entries, mixture = [], [], []
@@ -167,11 +201,19 @@ def run_shards(
                 tmp / split, vocab_size=len(tok), eot_id=tok.eos_token_id, shard_tokens=cfg.shard_tokens
             ) as w:
                 for name, i in tqdm(entries, desc=f"pack[{stage}/{split}]", unit="doc", dynamic_ncols=True):
-                    w.add_document(readers[name].document(i), source=name)
+                    reader = readers[name]
+                    prompt = int(reader.doc_prompt_tokens[i])
+                    w.add_document(reader.document(i), source=name, prompt_tokens=prompt)
                 index = w.close()
             splits[split] = {
                 k: index[k]
-                for k in ("num_tokens", "num_documents", "tokens_per_source", "documents_per_source")
+                for k in (
+                    "num_tokens",
+                    "num_documents",
+                    "prompt_tokens",
+                    "tokens_per_source",
+                    "documents_per_source",
+                )
             }
             splits[split]["shard_sha256"] = [s["sha256"] for s in index["shards"]]
     total = splits["train"]["num_tokens"]

@@ -20,10 +20,10 @@ from data_pipeline.curation.heuristics import run_heuristics
 from data_pipeline.curation.mixture import run_shards
 from data_pipeline.curation.sources import run_sources
 from data_pipeline.curation.tokenizer import run_tokenizer
-from data_pipeline.io import StageError, read_manifest, write_json
-from data_pipeline.stage import data_dir
 from recipes import Recipe
 from recipes.curation import MixtureComponent
+from stagekit.cli import data_dir
+from stagekit.io import StageError, read_manifest, write_json
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_pipeline.curation.common import curation_dir, fresh
-from data_pipeline.io import StageError, atomic_path, read_jsonl, write_manifest
 from recipes import Recipe, to_dict
 from recipes.curation import FileSource, HubSource, SourcesConfig, StdlibSource
+from stagekit.io import StageError, atomic_path, read_jsonl, write_manifest
 
 STAGE, VERSION = "sources", "1"
 

@@ -13,9 +13,9 @@ from itertools import islice
 from pathlib import Path
 
 from data_pipeline.curation.common import fresh
-from data_pipeline.io import StageError, atomic_path, read_jsonl, write_manifest
 from recipes import Recipe, to_dict
 from recipes.curation import TokenizerConfig
+from stagekit.io import StageError, atomic_path, read_jsonl, write_manifest
 
 STAGE, VERSION = "tokenizer", "1"
 

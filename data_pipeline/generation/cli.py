@@ -24,9 +24,9 @@ from data_pipeline.generation.stages import (
     textbooks_stage,
     topics_stage,
 )
-from data_pipeline.io import StageError
-from data_pipeline.stage import add_stage_args, recipe_from_args
 from recipes import Recipe
+from stagekit.cli import add_stage_args, recipe_from_args
+from stagekit.io import StageError
 
 G = "data.generation"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_pipeline.generation.sources import DEFAULT_TOPICS, chat, read_lines, sample_indices
-from data_pipeline.io import StageError, read_jsonl_numbered
+from stagekit.io import StageError, read_jsonl_numbered
 
 AUDIENCES = {
     "young_children": (

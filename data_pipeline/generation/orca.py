@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from data_pipeline.generation.sources import chat, sample_indices
-from data_pipeline.io import StageError, read_jsonl_numbered
+from stagekit.io import StageError, read_jsonl_numbered
 
 SYSTEM_MESSAGES = [
     "",  # Orca also keeps some queries without a system message

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_pipeline.io import StageError, read_jsonl_numbered, sha256_text, write_jsonl
 from data_pipeline.teachers.base import Completion, Messages, Sampling, Teacher
+from stagekit.io import StageError, read_jsonl_numbered, sha256_text, write_jsonl
 
 # Openers Cosmopedia's authors found overused by the teacher and asked it to avoid (quality stats only).
 BANNED_OPENERS = (

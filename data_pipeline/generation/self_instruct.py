@@ -21,8 +21,8 @@ from pathlib import Path
 
 from data_pipeline.generation.runner import run_prompts
 from data_pipeline.generation.sources import DEFAULT_SEED_TASKS, chat
-from data_pipeline.io import StageError, read_jsonl_numbered, sha256_text
 from data_pipeline.teachers.base import Sampling, Teacher
+from stagekit.io import StageError, read_jsonl_numbered, sha256_text
 
 
 def load_seed_tasks(path: str | Path | None = None) -> list[dict]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from data_pipeline.io import StageError
 from data_pipeline.teachers.base import Messages
+from stagekit.io import StageError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_TOPICS = PACKAGE_DIR / "data" / "topics.txt"

@@ -27,10 +27,10 @@ from data_pipeline.generation.sources import (
     DEFAULT_TOPICS,
     read_lines,
 )
-from data_pipeline.io import StageError, is_fresh, read_jsonl, read_manifest, write_jsonl, write_manifest
-from data_pipeline.stage import data_dir
 from data_pipeline.teachers import Sampling, Teacher, build_teacher
 from recipes import Recipe, to_dict
+from stagekit.cli import data_dir
+from stagekit.io import StageError, is_fresh, read_jsonl, read_manifest, write_jsonl, write_manifest
 
 VERSION = "1"
 METHODS = ("cosmopedia", "code-textbook", "code-exercises", "self-instruct", "orca")

@@ -16,8 +16,8 @@ from collections import Counter
 import numpy as np
 
 from data_pipeline.generation.runner import run_prompts
-from data_pipeline.io import StageError
 from data_pipeline.teachers.base import Sampling, Teacher
+from stagekit.io import StageError
 
 KEEP_CHARS = 2000  # stored per extract; the Cosmopedia builder cuts it to its own extract_chars
 

@@ -14,8 +14,8 @@ import random
 
 import httpx
 
-from data_pipeline.io import StageError
 from data_pipeline.teachers.base import Completion, Messages, Sampling, Teacher
+from stagekit.io import StageError
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from data_pipeline.io import StageError
 from data_pipeline.teachers.base import Completion, Messages, Sampling, Teacher
+from stagekit.io import StageError
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
@@ -36,7 +36,7 @@ class TransformersTeacher(Teacher):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from data_pipeline.teachers.assets import smollm2_dir
+        from stagekit.assets import smollm2_dir
 
         self.threads = threads
         path = Path(model) if model else smollm2_dir()

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_pipeline.io import StageError
 from data_pipeline.teachers.base import Completion, Messages, Sampling, Teacher
+from stagekit.io import StageError
 
 
 def vllm_available() -> bool:
@@ -34,7 +34,7 @@ class VLLMTeacher(Teacher):
             )
         import vllm
 
-        from data_pipeline.teachers.assets import smollm2_dir
+        from stagekit.assets import smollm2_dir
 
         path = model or str(smollm2_dir())
         self.llm = vllm.LLM(

@@ -76,7 +76,7 @@ SCALE_DOWN = {
 @pytest.mark.parametrize("name", sorted(SCALE_DOWN))
 def test_data_stages_on_a_few_documents(tmp_path, name):
     from data_pipeline.pipeline import run_data
-    from data_pipeline.shards import ShardReader
+    from stagekit.shards import ShardReader
 
     recipe = load_recipe(name, [f"run_dir={tmp_path}", *FEW_DOCUMENTS, *SCALE_DOWN[name]])
     manifests = run_data(recipe)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.io import fingerprint, read_jsonl, read_manifest
+from stagekit.io import fingerprint, read_jsonl, read_manifest
 
 pytestmark = pytest.mark.slow
 

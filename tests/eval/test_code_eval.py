@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from data_pipeline.io import StageError, read_manifest
 from eval.code_eval import evaluate_code, pass_at_k
 from eval.generation import Decoding, Generator, truncate_at_stop
 from eval.problems import mbpp_problems, mbpp_prompt
 from recipes.evaluation import CodeBenchmark, SamplingRun
+from stagekit.io import StageError, read_manifest
 
 
 @pytest.mark.parametrize(

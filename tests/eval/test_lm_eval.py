@@ -11,10 +11,10 @@ import pytest
 import yaml
 from lm_eval.api.model import LM
 
-from data_pipeline.io import StageError
 from eval.lm_eval_runner import evaluate_lm
 from eval.lm_tasks import lm_eval_tasks_dir, write_task_configs
 from recipes.evaluation import LmEvalTask
+from stagekit.io import StageError
 
 
 def _load_generated(path: Path) -> dict:

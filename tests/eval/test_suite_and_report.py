@@ -12,10 +12,10 @@ import sys
 
 import pytest
 
-from data_pipeline.io import fingerprint, write_jsonl, write_manifest
 from eval.report import write_report
 from eval.suite import evaluate_recipe
 from recipes import load_recipe
+from stagekit.io import fingerprint, write_jsonl, write_manifest
 
 
 def _recipe(run_dir, benchmarks_dir, *extra):

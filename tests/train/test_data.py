@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_pipeline.io import StageError
-from data_pipeline.shards import ShardReader
+from stagekit.io import StageError
+from stagekit.shards import ShardReader
 from train.data import (
     PackedSequences,
     TrainBatches,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from train_testkit import REPO
 
-from data_pipeline.io import StageError
 from modeling import ModelConfig
 from recipes.training import LaunchSection
+from stagekit.io import StageError
 from train.__main__ import main
 from train.launch import check_world_size, launch_command, node_identity
 

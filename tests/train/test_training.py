@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from train_testkit import new_run, train_cli
 
-from data_pipeline.io import read_manifest
-from data_pipeline.shards import ShardReader
 from modeling import Transformer
 from recipes import load_recipe, to_dict
+from stagekit.io import read_manifest
+from stagekit.shards import ShardReader
 from train import plan_stage, train_stage
 from train.__main__ import main
 from train.data import PackedSequences, TrainBatches
@@ -199,7 +199,7 @@ def test_activation_checkpointing_changes_memory_not_math():
 
 
 def test_a_checkpoint_of_another_run_is_not_resumed(make_run, capsys):
-    from data_pipeline.io import StageError
+    from stagekit.io import StageError
 
     path = make_run(pretrain={"max_steps": 8, "eval_every": 0})
     train_stage(load_recipe(path), "pretrain")

@@ -1,5 +1,5 @@
 """Helpers for the training tests: real text (the Python standard library's own sources) tokenized with a real
-BPE tokenizer trained on it, packed with data_pipeline.shards, and a recipe for a model small enough that a
+BPE tokenizer trained on it, packed with stagekit.shards, and a recipe for a model small enough that a
 training run takes seconds on one CPU core."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from data_pipeline.shards import ShardWriter
+from stagekit.shards import ShardWriter
 
 REPO = Path(__file__).resolve().parents[2]
 EOT = "<|endoftext|>"

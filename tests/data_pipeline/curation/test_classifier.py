@@ -12,7 +12,7 @@ from curation_helpers import read_records, stdlib_text, write_records
 
 from data_pipeline.curation.classifier import parse_answer, run_annotate, run_edu_filter, run_train_classifier
 from data_pipeline.curation.embed import Embedder
-from data_pipeline.io import StageError
+from stagekit.io import StageError
 
 
 @pytest.mark.parametrize(

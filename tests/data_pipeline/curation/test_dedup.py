@@ -5,7 +5,7 @@ from __future__ import annotations
 from curation_helpers import read_records, stdlib_text, write_records
 
 from data_pipeline.curation.dedup import run_dedup, shingles
-from data_pipeline.io import sha256_file
+from stagekit.io import sha256_file
 
 
 def _jaccard(a: str, b: str) -> float:

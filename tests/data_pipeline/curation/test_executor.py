@@ -9,8 +9,8 @@ from data_pipeline.curation.dedup import run_dedup
 from data_pipeline.curation.heuristics import run_heuristics
 from data_pipeline.curation.mixture import run_shards
 from data_pipeline.curation.tokenizer import run_tokenizer
-from data_pipeline.io import sha256_file
 from recipes.curation import MixtureComponent
+from stagekit.io import sha256_file
 
 LOCAL = (
     "data.curation.executor.kind=local",

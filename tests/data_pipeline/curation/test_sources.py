@@ -8,7 +8,7 @@ import pytest
 from curation_helpers import STDLIB, read_records, write_records
 
 from data_pipeline.curation.sources import run_sources
-from data_pipeline.io import StageError
+from stagekit.io import StageError
 
 NO_STDLIB = "data.curation.sources.stdlib.enabled=false"
 

@@ -11,9 +11,9 @@ from transformers import AutoTokenizer
 
 from data_pipeline.curation.mixture import run_shards
 from data_pipeline.curation.tokenizer import run_tokenizer
-from data_pipeline.io import StageError
-from data_pipeline.shards import ShardReader
 from recipes.curation import MixtureComponent
+from stagekit.io import StageError
+from stagekit.shards import ShardReader
 
 SMALL = ("data.curation.tokenizer.vocab_size=600",)
 UNSEEN = "naïve café — 東京 🙂\tTabs\r\n  and   spaces\x00 ``` def ünïcode(x): return x ** 2"
@@ -60,7 +60,7 @@ def test_tokenizer_round_trips_and_is_deterministic(make_recipe, tmp_path, corpu
 
 
 def test_existing_tokenizer_directory(make_recipe, tmp_path, corpus):
-    from data_pipeline.teachers.assets import smollm2_dir
+    from stagekit.assets import smollm2_dir
 
     recipe = make_recipe(f"data.curation.tokenizer.pretrained_dir={smollm2_dir()}")
     manifest = run_tokenizer(recipe, list(corpus), tmp_path / "tok")
@@ -152,3 +152,61 @@ def test_mixture_errors(make_recipe, tmp_path, corpus):
             recipe, "finetune", [(MixtureComponent(name="one", path=str(one)), one)], tmp_path, tmp_path / "s"
         )
     assert not (tmp_path / "s").exists()
+
+
+def _exercise_records(n: int) -> list[dict]:
+    """Exercise records as the CodeExercises parser writes them (text = prompt + solution)."""
+    from data_pipeline.generation.code_exercises import split_exercise
+
+    records = []
+    for i in range(n):
+        code = (
+            f"def add_{i}(a: int, b: int) -> int:\n"
+            f'    """Return a + b + {i}.\n\n    >>> add_{i}(1, 2)\n    {3 + i}\n    """\n'
+            f"    total = a + b\n    return total + {i}\n"
+        )
+        prompt, solution, name = split_exercise(code)
+        records.append({"id": f"e{i}", "text": prompt + solution, "prompt": prompt, "solution": solution})
+    return records
+
+
+def test_finetune_mask_prompt_trains_on_the_solution_only(make_recipe, tmp_path, corpus):
+    recipe = make_recipe(*SMALL, "data.curation.shards.val_fraction=0.25")
+    run_tokenizer(recipe, list(corpus), tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    records = _exercise_records(8)
+    path = write_records(tmp_path / "ex.jsonl", records)
+    comp = MixtureComponent(name="exercises", path=str(path), mask_prompt=True)
+    manifest = run_shards(recipe, "finetune", [(comp, path)], tmp_path / "tok", tmp_path / "shards")
+    by_text = {r["text"]: r for r in records}
+    prompts = 0
+    for split in ("train", "val"):
+        reader = ShardReader(tmp_path / "shards" / split)
+        mask = reader.loss_mask(0, reader.num_tokens)
+        for i in range(reader.num_documents):
+            ids = reader.document(i).tolist()
+            record = by_text[tok.decode(ids)]
+            start, n = int(reader.doc_starts[i]), len(ids) + 1
+            # Reference: the prompt decodes to the record's prompt; the rest (solution, eot) is trained on.
+            head = len(tok.encode(record["prompt"], add_special_tokens=False))
+            assert tok.decode(ids[:head]) == record["prompt"]
+            assert mask[start : start + n].tolist() == [False] * head + [True] * (n - head)
+            prompts += head
+        assert manifest["splits"][split]["prompt_tokens"] == int((~mask).sum())
+    assert prompts > 0
+    # Without mask_prompt the same records train on every token.
+    plain = MixtureComponent(name="exercises", path=str(path))
+    run_shards(recipe, "finetune", [(plain, path)], tmp_path / "tok", tmp_path / "plain")
+    reader = ShardReader(tmp_path / "plain" / "train")
+    assert reader.loss_mask(0, reader.num_tokens).all()
+
+
+def test_mask_prompt_refuses_a_prompt_that_is_not_the_texts_prefix(make_recipe, tmp_path, corpus):
+    recipe = make_recipe(*SMALL)
+    run_tokenizer(recipe, list(corpus), tmp_path / "tok")
+    records = _exercise_records(3)
+    records[1]["prompt"] = "def other():\n"
+    path = write_records(tmp_path / "ex.jsonl", records)
+    comp = MixtureComponent(name="exercises", path=str(path), mask_prompt=True)
+    with pytest.raises(StageError, match="record e1: its `prompt` is not a prefix"):
+        run_shards(recipe, "finetune", [(comp, path)], tmp_path / "tok", tmp_path / "s")

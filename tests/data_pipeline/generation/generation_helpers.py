@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from data_pipeline.generation.cli import STAGES
-from data_pipeline.io import StageError
 from recipes import RecipeError
+from stagekit.io import StageError
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -79,7 +79,7 @@ def test_jsonl_seeds_accept_bare_documents_and_name_bad_lines(tmp_path):
 
     import pytest
 
-    from data_pipeline.io import StageError
+    from stagekit.io import StageError
 
     path = tmp_path / "docs.jsonl"
     path.write_text(

@@ -11,8 +11,8 @@ import pytest
 from generation_helpers import REPO, minimal_recipe, read_ids
 
 from data_pipeline.generation.runner import journal_path, load_prompts
-from data_pipeline.io import read_manifest
 from data_pipeline.teachers import Sampling
+from stagekit.io import read_manifest
 
 
 @pytest.mark.slow

@@ -6,8 +6,8 @@ import pytest
 from generation_helpers import main, minimal_recipe, read_ids, write_prompts
 
 from data_pipeline.generation.runner import journal_path, load_prompts, prompt_id, quality_stats, run_prompts
-from data_pipeline.io import StageError, read_manifest
 from data_pipeline.teachers import Sampling
+from stagekit.io import StageError, read_manifest
 
 S = Sampling(max_new_tokens=4, temperature=0.0, seed=0)
 

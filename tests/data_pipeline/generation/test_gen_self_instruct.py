@@ -6,8 +6,8 @@ import re
 import pytest
 
 from data_pipeline.generation import self_instruct as si
-from data_pipeline.io import StageError
 from recipes.generation import SelfInstructSection
+from stagekit.io import StageError
 
 
 def lcs_f1(a: str, b: str) -> float:

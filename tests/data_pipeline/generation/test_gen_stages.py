@@ -7,8 +7,8 @@ from generation_helpers import main, minimal_recipe
 
 from data_pipeline.generation import pipeline
 from data_pipeline.generation.stages import default_paths, prompts_stage
-from data_pipeline.io import StageError, read_manifest, sha256_file
 from recipes import load_recipe
+from stagekit.io import StageError, read_manifest, sha256_file
 
 
 def _recipe(tmp_path, *extra):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from data_pipeline.teachers.assets import smollm2_dir
+from stagekit.assets import smollm2_dir
 
 
 def free_port() -> int:

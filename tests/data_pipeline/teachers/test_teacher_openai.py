@@ -1,20 +1,22 @@
 """The openai backend against a real `transformers serve` on 127.0.0.1: results, restarts, dead servers."""
 
+import http.server
 import json
 import threading
 import time
 
+import httpx
 import pytest
 from teacher_helpers import Server
 
 from data_pipeline.generation.runner import journal_path, run_prompts
 from data_pipeline.generation.stages import generate_stage
-from data_pipeline.io import StageError, read_manifest
 from data_pipeline.teachers import Sampling, build_teacher
 from data_pipeline.teachers.openai_teacher import OpenAITeacher
 from data_pipeline.teachers.transformers_teacher import TransformersTeacher
 from recipes import load_recipe
 from recipes.generation import TeacherSection
+from stagekit.io import StageError, read_manifest
 
 pytestmark = pytest.mark.slow
 GREEDY = Sampling(max_new_tokens=8, temperature=0.0)
@@ -39,13 +41,71 @@ def test_server_completions_match_local_greedy(server):
         assert r.completion_tokens - lo.completion_tokens in (0, 1)
 
 
-def test_build_teacher_openai_and_model_lookup_failure(server):
-    # transformers serve cannot list models offline (GET /v1/models fails): the error must say what to set
-    teacher = build_teacher(TeacherSection(backend="openai", base_urls=[server.url], model=""))
-    with pytest.raises(StageError, match="set data.generation.teacher.model"):
-        teacher.complete(CHATS[:1], GREEDY)
-    named = build_teacher(TeacherSection(backend="openai", base_urls=[server.url], model=server.model))
-    assert named.complete(CHATS[:1], GREEDY)[0].completion_tokens > 0
+class ModelListFront:
+    """A proxy in front of the real server that answers `GET /v1/models` as the test says (a listing or an
+    HTTP 500) and forwards everything else, so both lookup outcomes happen on purpose, whatever the
+    installed server version does with /models."""
+
+    def __init__(self, backend: Server, listing: list[str] | None):
+        front = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                front.model_requests += 1
+                if self.path.rstrip("/") != "/v1/models":
+                    return self._reply(404, b"{}")
+                if listing is None:
+                    return self._reply(500, b'{"error": "listing disabled by the test"}')
+                self._reply(200, json.dumps({"data": [{"id": m, "object": "model"} for m in listing]}).encode())
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                r = httpx.post(backend.url.removesuffix("/v1") + self.path, content=body, timeout=120,
+                               headers={"Content-Type": "application/json"})  # fmt: skip
+                self._reply(r.status_code, r.content)
+
+        self.model_requests = 0
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_model_lookup_picks_the_listed_model(server):
+    front = ModelListFront(server, listing=[server.model, "some-other-model"])
+    try:
+        teacher = build_teacher(TeacherSection(backend="openai", base_urls=[front.url], model=""))
+        out = teacher.complete(CHATS[:1], GREEDY)[0]
+        assert front.model_requests == 1 and teacher.model == server.model  # the first listed id
+        assert out.error is None and out.completion_tokens > 0
+    finally:
+        front.close()
+
+
+def test_model_lookup_failure_says_what_to_set(server):
+    front = ModelListFront(server, listing=None)
+    try:
+        teacher = build_teacher(TeacherSection(backend="openai", base_urls=[front.url], model=""))
+        with pytest.raises(StageError, match=r"GET /models .*HTTPStatusError.*500.*set data\.generation\.teacher\.model"):
+            teacher.complete(CHATS[:1], GREEDY)
+        named = build_teacher(TeacherSection(backend="openai", base_urls=[front.url], model=server.model))
+        assert named.complete(CHATS[:1], GREEDY)[0].completion_tokens > 0  # naming the model skips the lookup
+        assert front.model_requests == 1
+    finally:
+        front.close()
 
 
 def test_bad_request_is_recorded_not_retried(server):

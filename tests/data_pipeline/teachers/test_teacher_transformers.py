@@ -4,11 +4,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from data_pipeline.io import StageError
 from data_pipeline.teachers import Sampling, build_teacher
-from data_pipeline.teachers.assets import smollm2_dir
 from data_pipeline.teachers.transformers_teacher import TransformersTeacher, _torch_threads, cut_at_stop
 from recipes.generation import TeacherSection
+from stagekit.assets import smollm2_dir
+from stagekit.io import StageError
 
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],

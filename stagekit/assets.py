@@ -11,13 +11,13 @@ import importlib.util
 import os
 from pathlib import Path
 
-from data_pipeline.io import StageError, atomic_path
+from stagekit.io import StageError, atomic_path
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("TEXTBOOKS_CACHE", Path(__file__).resolve().parents[2] / ".cache"))
+    return Path(os.environ.get("TEXTBOOKS_CACHE", Path(__file__).resolve().parents[1] / ".cache"))
 
 
 def smollm2_gguf() -> Path:

@@ -4,8 +4,12 @@ Layout of a shard directory (one per split, e.g. runs/<recipe>/data/shards/pretr
 
     shard-00000.bin        raw tokens, uint16 when vocab_size <= 65536 else uint32, little-endian
     shard-00000.docs.npy   int64 offsets (within that shard) where a document starts
-    index.json             dtype, vocab_size, eot_id, shards [{file, docs, num_tokens, num_documents, sha256}],
-                           num_tokens, num_documents, tokens_per_source, documents_per_source
+    shard-00000.prompt.npy int64 leading "prompt" tokens of each document starting in that shard, which
+                           a completion-only finetune excludes from the loss (format 2; absent in format 1
+                           sets, which read as 0: every token counts)
+    index.json             dtype, vocab_size, eot_id, shards [{file, docs, prompts, num_tokens,
+                           num_documents, sha256}], num_tokens, num_documents, prompt_tokens,
+                           tokens_per_source, documents_per_source
 
 Documents are concatenated with `eot_id` after each one (the eot belongs to the document it ends), and
 may straddle a shard boundary so every shard but the last holds exactly `shard_tokens` tokens. Position
@@ -24,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.io import StageError, atomic_path, write_json
+from stagekit.io import StageError, atomic_path, write_json
 
 INDEX = "index.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -35,8 +39,8 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def _shard_names(i: int) -> tuple[str, str]:
-    return f"shard-{i:05d}.bin", f"shard-{i:05d}.docs.npy"
+def _shard_names(i: int) -> tuple[str, str, str]:
+    return f"shard-{i:05d}.bin", f"shard-{i:05d}.docs.npy", f"shard-{i:05d}.prompt.npy"
 
 
 class ShardWriter:
@@ -60,29 +64,33 @@ class ShardWriter:
         self._tokens_per_source: Counter[str] = Counter()
         self._docs_per_source: Counter[str] = Counter()
         self._num_documents = 0
+        self._prompt_tokens = 0
         self._stack: contextlib.ExitStack | None = None
         self._file = None
         self._open_shard()
 
     def _open_shard(self) -> None:
-        name, _ = _shard_names(len(self._shards))
+        name = _shard_names(len(self._shards))[0]
         self._stack = contextlib.ExitStack()
         tmp = self._stack.enter_context(atomic_path(self.out_dir / name))
         self._file = open(tmp, "wb")  # closed in _finish_shard or _abort
         self._hash = hashlib.sha256()
         self._fill = 0
         self._doc_starts: list[int] = []
+        self._doc_prompts: list[int] = []
 
     def _finish_shard(self) -> None:
-        name, docs_name = _shard_names(len(self._shards))
+        name, docs_name, prompts_name = _shard_names(len(self._shards))
         self._file.close()
         self._stack.close()  # renames the finished .bin into place
-        with atomic_path(self.out_dir / docs_name) as tmp, open(tmp, "wb") as f:
-            np.save(f, np.asarray(self._doc_starts, dtype=np.int64))
+        for path, values in ((docs_name, self._doc_starts), (prompts_name, self._doc_prompts)):
+            with atomic_path(self.out_dir / path) as tmp, open(tmp, "wb") as f:
+                np.save(f, np.asarray(values, dtype=np.int64))
         self._shards.append(
             {
                 "file": name,
                 "docs": docs_name,
+                "prompts": prompts_name,
                 "num_tokens": self._fill,
                 "num_documents": len(self._doc_starts),
                 "sha256": self._hash.hexdigest(),
@@ -102,8 +110,9 @@ class ShardWriter:
             self._fill += take.size
             tokens = tokens[take.size :]
 
-    def add_document(self, token_ids: Sequence[int], source: str = "") -> None:
-        """Append one document's tokens followed by eot_id."""
+    def add_document(self, token_ids: Sequence[int], source: str = "", prompt_tokens: int = 0) -> None:
+        """Append one document's tokens followed by eot_id; its first `prompt_tokens` tokens are a prompt
+        that a completion-only loss skips (the eot always counts, so at most len(token_ids))."""
         if self._file is None:
             raise StageError("ShardWriter is closed")
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
@@ -112,10 +121,17 @@ class ShardWriter:
             raise StageError(
                 f"token id {bad} is outside the vocabulary [0, {self.vocab_size}) (source '{source}')"
             )
+        if not 0 <= prompt_tokens <= ids.size:
+            raise StageError(
+                f"prompt_tokens {prompt_tokens} is outside [0, {ids.size}] for a {ids.size}-token document "
+                f"(source '{source}')"
+            )
         if self._fill == self.shard_tokens:  # the document starts in the next shard
             self._finish_shard()
             self._open_shard()
         self._doc_starts.append(self._fill)
+        self._doc_prompts.append(prompt_tokens)
+        self._prompt_tokens += prompt_tokens
         self._write(np.append(ids, self.eot_id).astype(self.dtype))
         self._num_documents += 1
         self._tokens_per_source[source] += ids.size + 1
@@ -139,6 +155,7 @@ class ShardWriter:
             "shards": self._shards,
             "num_tokens": sum(s["num_tokens"] for s in self._shards),
             "num_documents": self._num_documents,
+            "prompt_tokens": self._prompt_tokens,
             "tokens_per_source": dict(sorted(self._tokens_per_source.items())),
             "documents_per_source": dict(sorted(self._docs_per_source.items())),
         }
@@ -179,6 +196,7 @@ class ShardReader:
         self.num_documents: int = self.index["num_documents"]
         self._maps: list[np.ndarray] = []
         starts: list[np.ndarray] = []
+        prompts: list[np.ndarray] = []
         offset = 0
         for shard in self.index["shards"]:
             path = self.directory / shard["file"]
@@ -187,11 +205,21 @@ class ShardReader:
                 raise StageError(f"{path}: missing or truncated shard (expected {expected} bytes)")
             self._maps.append(np.memmap(path, dtype=self.dtype, mode="r", shape=(shard["num_tokens"],)))
             starts.append(np.load(self.directory / shard["docs"]) + offset)
+            # Format 1 sets have no prompt counts: every token is trained on.
+            prompt_file = shard.get("prompts")
+            prompts.append(
+                np.load(self.directory / prompt_file) if prompt_file else np.zeros_like(starts[-1])
+            )
             offset += shard["num_tokens"]
         # Global token offset of every shard (plus the end), and of every document start.
         self.shard_offsets = np.cumsum([0] + [s["num_tokens"] for s in self.index["shards"]]).astype(np.int64)
         self.doc_starts = np.concatenate(starts).astype(np.int64)
-        if self.doc_starts.size != self.num_documents or offset != self.num_tokens:
+        self.doc_prompt_tokens = np.concatenate(prompts).astype(np.int64)
+        if (
+            self.doc_starts.size != self.num_documents
+            or self.doc_prompt_tokens.size != self.num_documents
+            or offset != self.num_tokens
+        ):
             raise StageError(f"{index_path}: index does not match the shard files")
 
     @property
@@ -224,11 +252,21 @@ class ShardReader:
             shard += 1
         return out
 
-    def position_ids(self, start: int, length: int) -> np.ndarray:
-        """Position of each token within its document (0 at each document's first token), as int64."""
+    def _locate(self, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """(document index, position within it) of each token in [start, start + length)."""
         positions = np.arange(start, start + length, dtype=np.int64)
         doc = np.searchsorted(self.doc_starts, positions, side="right") - 1
-        return positions - self.doc_starts[doc]
+        return doc, positions - self.doc_starts[doc]
+
+    def position_ids(self, start: int, length: int) -> np.ndarray:
+        """Position of each token within its document (0 at each document's first token), as int64."""
+        return self._locate(start, length)[1]
+
+    def loss_mask(self, start: int, length: int) -> np.ndarray:
+        """bool [length]: True where the token at that offset counts in the loss as a target, False for the
+        leading prompt tokens of its document (all True for sets written without prompt counts)."""
+        doc, within = self._locate(start, length)
+        return within >= self.doc_prompt_tokens[doc]
 
     def window(self, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
         """(tokens, position_ids), both int64 [length], from global token offset `start`."""

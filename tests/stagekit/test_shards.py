@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from data_pipeline.io import StageError
-from data_pipeline.shards import ShardReader, ShardWriter
+from stagekit.io import StageError
+from stagekit.shards import ShardReader, ShardWriter
 
 EOT = 0
 
@@ -105,5 +105,41 @@ def test_rewrite_replaces_previous_set(tmp_path):
         "index.json",
         "shard-00000.bin",
         "shard-00000.docs.npy",
+        "shard-00000.prompt.npy",
     ]
     assert ShardReader(tmp_path).document(0).tolist() == [1, 2]
+
+
+def test_loss_mask_skips_each_documents_prompt(tmp_path):
+    docs = _docs(4, 30, 300)
+    prompts = [len(d) // 3 for d in docs]  # some 0 (short docs), some straddling shard boundaries
+    with ShardWriter(tmp_path, vocab_size=300, eot_id=EOT, shard_tokens=16) as w:
+        for d, p in zip(docs, prompts):
+            w.add_document(d, prompt_tokens=p)
+        index = w.close()
+    # Reference: per document, p False then True for the rest of its tokens and its eot.
+    expected = [k >= p for d, p in zip(docs, prompts) for k in range(len(d) + 1)]
+    reader = ShardReader(tmp_path)
+    assert index["prompt_tokens"] == sum(prompts) == expected.count(False)
+    assert reader.loss_mask(0, reader.num_tokens).tolist() == expected
+    for start, length in [(3, 20), (15, 2), (len(expected) - 9, 9)]:
+        mask = reader.loss_mask(start, length)
+        assert mask.dtype == bool and mask.tolist() == expected[start : start + length]
+
+
+def test_format_1_sets_read_as_all_trained(tmp_path):
+    _write(tmp_path, _docs(5, 20, 100), vocab=100, shard_tokens=32)
+    index = json.loads((tmp_path / "index.json").read_text())
+    for shard in index["shards"]:  # what a set written before prompt counts existed looks like
+        (tmp_path / shard.pop("prompts")).unlink()
+    index["format_version"] = 1
+    del index["prompt_tokens"]
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    reader = ShardReader(tmp_path)
+    assert reader.loss_mask(0, reader.num_tokens).all()
+
+
+def test_prompt_longer_than_document_is_refused(tmp_path):
+    with pytest.raises(StageError, match="prompt_tokens 4 is outside"):
+        with ShardWriter(tmp_path, vocab_size=10, eot_id=0) as w:
+            w.add_document([1, 2, 3], source="x", prompt_tokens=4)

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from data_pipeline.io import StageError
 from recipes import Recipe, RecipeError, load_recipe
+from stagekit.io import StageError
 
 
 def add_stage_args(parser: argparse.ArgumentParser, *, inputs: bool = True) -> None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from data_pipeline.io import StageError, atomic_path, is_fresh, read_jsonl, write_jsonl, write_manifest
+from stagekit.io import StageError, atomic_path, is_fresh, read_jsonl, write_jsonl, write_manifest
 
 
 def test_malformed_line_names_file_and_line(tmp_path):
