@@ -73,7 +73,7 @@ class OpenAITeacher(Teacher):
                 r.raise_for_status()
                 return r.json()["data"][0]["id"]
             except (httpx.HTTPError, KeyError, IndexError, ValueError) as e:
-                errors.append(f"{url}: {type(e).__name__}: {e}")
+                errors.append(f"{url}: {type(e).__name__}: {str(e).splitlines()[0]}")  # one-line error
         raise StageError(
             "openai teacher: could not read the model id from GET /models ("
             + "; ".join(errors)

@@ -66,7 +66,9 @@ class ModelListFront:
                     return self._reply(404, b"{}")
                 if listing is None:
                     return self._reply(500, b'{"error": "listing disabled by the test"}')
-                self._reply(200, json.dumps({"data": [{"id": m, "object": "model"} for m in listing]}).encode())
+                self._reply(
+                    200, json.dumps({"data": [{"id": m, "object": "model"} for m in listing]}).encode()
+                )
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -99,8 +101,11 @@ def test_model_lookup_failure_says_what_to_set(server):
     front = ModelListFront(server, listing=None)
     try:
         teacher = build_teacher(TeacherSection(backend="openai", base_urls=[front.url], model=""))
-        with pytest.raises(StageError, match=r"GET /models .*HTTPStatusError.*500.*set data\.generation\.teacher\.model"):
+        with pytest.raises(
+            StageError, match=r"GET /models .*HTTPStatusError.*500.*set data\.generation\.teacher\.model"
+        ) as failure:
             teacher.complete(CHATS[:1], GREEDY)
+        assert "\n" not in str(failure.value)  # one line, as every stage error
         named = build_teacher(TeacherSection(backend="openai", base_urls=[front.url], model=server.model))
         assert named.complete(CHATS[:1], GREEDY)[0].completion_tokens > 0  # naming the model skips the lookup
         assert front.model_requests == 1
