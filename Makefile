@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all setup lock check-lock test lint data train eval report clean-run
+.PHONY: all setup lock check-lock test lint data train eval report clean-run ablation
 
 all: setup
 	$(BIN)/python -m data_pipeline all --recipe $(RECIPE)
@@ -58,6 +58,12 @@ eval: setup
 
 report: setup
 	$(BIN)/python -m eval report --recipe $(RECIPE)
+
+# Issue 15's data ablation at matched compute: `make ablation` runs recipes/ablation-tiny.yaml (RECIPE set on the
+# command line or in the environment picks another); writes runs/<recipe>/ablation.md and its plots.
+ABLATION_RECIPE = $(if $(filter file,$(origin RECIPE)),ablation-tiny,$(RECIPE))
+ablation: setup
+	$(BIN)/python -m eval ablation --recipe $(ABLATION_RECIPE)
 
 clean-run:
 	rm -rf runs/$(RECIPE)

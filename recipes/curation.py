@@ -253,9 +253,52 @@ class DecontaminationConfig:
         "Share of an item's words that must match (rule ngram+difflib; Cosmopedia 0.5).", 0.5
     )
     min_item_words: int = setting(
-        "Item fields shorter than this many words are not checked (too generic).", 8
+        "Units (an item's field, or the whole item: its fields joined) shorter than this many words are not "
+        "indexed (too generic); units shorter than ngram are matched whole.",
+        8,
     )
     max_examples: int = setting("Examples per benchmark kept in the contamination report.", 5)
+
+
+@dataclass
+class HumanEvalStudyConfig:
+    enabled: bool = setting(
+        "Run Phi-1 Sec. 5.2's similarity study of the listed components against HumanEval (after "
+        "decontamination; its output becomes the component's curated file).",
+        False,
+    )
+    components: list[str] = setting(
+        "Mixture components studied (the synthetic exercises).", factory=lambda: ["exercises"]
+    )
+    ast_thresholds: list[float] = setting(
+        "AST match-rate thresholds tau reported in the table (Phi-1 Table 3: 0.95, 0.9, 0.85, 0.8).",
+        factory=lambda: [0.95, 0.9, 0.85, 0.8],
+    )
+    embedding_thresholds: list[float] = setting(
+        "Embedding cosine-similarity thresholds reported in the table.",
+        factory=lambda: [0.95, 0.9, 0.85, 0.8],
+    )
+    prune_ast: float = setting(
+        "Drop exercises whose AST match rate with a HumanEval problem is at least this (0: keep all).", 0.0
+    )
+    prune_embedding: float = setting(
+        "Drop exercises whose embedding cosine with a HumanEval problem is at least this (0: keep all).", 0.0
+    )
+    embedder: str = setting(
+        "Embedding model: 'minilm', a local HF model directory (Phi-1 used CodeGen-Mono-350M's), or empty for "
+        "the AST measure only.",
+        "minilm",
+    )
+    embed_chars: int = setting("Characters of each exercise and problem embedded.", 2000)
+    embed_batch_size: int = setting("Exercises per embedding forward pass.", 32)
+
+    def __post_init__(self) -> None:
+        for key in ("ast_thresholds", "embedding_thresholds"):
+            if not all(0 < t <= 1 for t in getattr(self, key)):
+                raise ValueError(f"humaneval_study.{key} must be in (0, 1]")
+        for key in ("prune_ast", "prune_embedding"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"humaneval_study.{key} must be in [0, 1]")
 
 
 @dataclass
@@ -346,6 +389,10 @@ class CurationSection:
     dedup: DedupConfig = setting("Exact and MinHash-LSH near-duplicate removal.", factory=DedupConfig)
     decontamination: DecontaminationConfig = setting(
         "Benchmark n-gram decontamination.", factory=DecontaminationConfig
+    )
+    humaneval_study: HumanEvalStudyConfig = setting(
+        "Phi-1 Sec. 5.2: exercises vs HumanEval by AST match rate and embedding similarity; pruning.",
+        factory=HumanEvalStudyConfig,
     )
     tokenizer: TokenizerConfig = setting(
         "Byte-level BPE tokenizer (or an existing one).", factory=TokenizerConfig

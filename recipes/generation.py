@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from recipes.config import setting
+from recipes.curation import SourcesConfig, StdlibSource
 
 COSMOPEDIA_AUDIENCES = ["young_children", "high_school", "college", "researchers"]
 COSMOPEDIA_FORMATS = ["textbook_narrative", "textbook_academic", "blog_post", "wikihow", "story"]
@@ -126,8 +127,91 @@ class TopicsSection:
 
 
 @dataclass
+class CorpusSection:
+    use_curation_sources: bool = setting(
+        "Seed from the recipe's own corpus, data.curation.sources (the stdlib in tiny, The Stack in phi1, "
+        "AutoMathText in cosmo-1b); false: from `sources` below.",
+        True,
+    )
+    sources: SourcesConfig = setting(
+        "Documents whose extracts seed Cosmopedia prompts (and, for code, CodeTextbook prompts) when "
+        "use_curation_sources is false: the same source types as curation. Default: every stdlib module outside "
+        "the test suite (~730 files, ~12k extracts).",
+        factory=lambda: SourcesConfig(stdlib=StdlibSource(max_files=0)),
+    )
+    code_sources: list[str] = setting(
+        "Source names whose documents are code (they also seed CodeTextbook prompts); files with a .py path are "
+        "code whatever their source.",
+        factory=lambda: ["stdlib", "the-stack-python", "automath-code"],
+    )
+    extracts_per_document: int = setting(
+        "Line-aligned extracts cut from each document (0: all). Cosmopedia took one per web page; several per "
+        "file let a small corpus seed more prompts. Exact and near-identical (Jaccard >= 0.8) extracts are dropped.",
+        0,
+    )
+    extract_chars: int = setting("Characters per extract (Cosmopedia: ~1000).", 1000)
+
+    def __post_init__(self) -> None:
+        _check_positive("corpus", extracts_per_document=self.extracts_per_document)
+        if self.extract_chars < 200:
+            raise ValueError(f"corpus.extract_chars must be >= 200, got {self.extract_chars}")
+
+
+@dataclass
+class InferenceSection:
+    runner: Literal["builtin", "datatrove"] = setting(
+        "`builtin`: this package's resumable runner over the teacher backend (the CPU default). `datatrove`: "
+        "datatrove's InferenceRunner (prompt shards read by its JSONL reader, chunk checkpoints and request cache "
+        "for resume, local or Slurm executor), the engine for cluster-scale runs.",
+        "builtin",
+    )
+    server_type: Literal["endpoint", "vllm", "sglang", "dummy"] = setting(
+        "datatrove: `endpoint` sends to teacher.base_urls[0] (an existing server or fleet behind one URL); "
+        "`vllm`/`sglang` start one server per task on teacher.model; `dummy` answers instantly (client benchmarks).",
+        "endpoint",
+    )
+    executor: Literal["local", "slurm"] = setting("datatrove executor.", "local")
+    tasks: int = setting("datatrove tasks: the prompt shards are spread over them (one server each).", 1)
+    workers: int = setting("local executor: tasks run at once (-1: all).", 1)
+    records_per_chunk: int = setting(
+        "datatrove: documents per checkpoint chunk (the unit kept after a kill).", 500
+    )
+    max_concurrent: int = setting("datatrove: requests in flight per task.", 64)
+    model_max_context: int = setting("datatrove vllm/sglang: the server's context length.", 8192)
+    slurm_partition: str = setting("slurm: partition for the generation tasks.", "")
+    slurm_time: str = setting("slurm: time limit per task.", "24:00:00")
+    slurm_gpus_per_task: int = setting("slurm: GPUs per task (one server per task).", 1)
+
+    def __post_init__(self) -> None:
+        if min(self.tasks, self.records_per_chunk, self.max_concurrent) < 1:
+            raise ValueError("inference.tasks, records_per_chunk and max_concurrent must be >= 1")
+
+
+@dataclass
+class DryRunSection:
+    tokens_per_s: float = setting(
+        "Teacher throughput assumed for the dry-run's teacher-hours, in generated tokens per second per server "
+        "(vLLM on one H100 with a ~8B model sustains a few thousand at high concurrency).",
+        2500.0,
+    )
+    completion_fill: float = setting(
+        "Expected completion length as a share of max_new_tokens (for the dry-run's expected tokens).", 0.7
+    )
+
+
+@dataclass
 class CosmopediaSection:
-    num_prompts: int = setting("Prompts sampled from seeds x audiences x formats (0 disables).", 0)
+    num_prompts: int = setting(
+        "Prompts taken from (topic/outline seeds x audiences x formats) + (corpus and seed-file extracts x "
+        "audiences x formats x {open, focused on the extract's topic}) (0 disables). More than that capacity is "
+        "an error naming this key unless allow_repeats.",
+        0,
+    )
+    allow_repeats: bool = setting(
+        "Above the capacity, start another pass over the prompt space (a new permutation) instead of failing.",
+        False,
+    )
+    use_corpus: bool = setting("Seed prompts with data.generation.corpus extracts too.", True)
     seeds: str = setting(
         "Seed file: .txt (one topic per line) or JSONL with `topic` and optionally `extract` (web/code extract, "
         "truncated to extract_chars) or `outline` (curated course outline), e.g. the topics stage's output. "
@@ -162,8 +246,13 @@ class CodeTextbookSection:
         0,
     )
     topics: str = setting(
-        "Topic list (.txt, one per line); empty: data_pipeline/generation/data/code_topics.txt.", ""
+        "Topic list (.txt, one per line); empty: data_pipeline/generation/data/code_topics.txt. The prompt space "
+        "is (topics + every pair of topics) x audiences x 3 levels x 4 styles, plus code extracts of the corpus "
+        "x levels x styles (one audience per extract).",
+        "",
     )
+    allow_repeats: bool = setting("Above the capacity, take another pass instead of failing.", False)
+    use_corpus: bool = setting("Seed prompts with the code files of data.generation.corpus too.", True)
     audiences: list[str] = setting(
         "Reader constraints that, with the topic, force diversity (Phi-1 sec. 2.2).",
         factory=lambda: [
@@ -183,7 +272,12 @@ class CodeExercisesSection:
         "(Gunasekar et al. 2023, sec. 2.2).",
         0,
     )
-    topics: str = setting("Topic list (.txt); empty: data_pipeline/generation/data/code_topics.txt.", "")
+    topics: str = setting(
+        "Topic list (.txt); empty: data_pipeline/generation/data/code_topics.txt. The prompt space is function "
+        "names (50 verbs x 80 nouns) x (topics + every pair of topics) x 3 difficulty levels.",
+        "",
+    )
+    allow_repeats: bool = setting("Above the capacity, take another pass instead of failing.", False)
     max_new_tokens: int = setting("Per-method generation length (0: sampling.max_new_tokens).", 0)
 
 
@@ -231,6 +325,9 @@ class OrcaSection:
         "System messages sampled per prompt; empty: the 16 written for this repo (data_pipeline/generation/orca.py).",
         factory=list,
     )
+    allow_repeats: bool = setting(
+        "Above queries x system messages, take another pass instead of failing.", False
+    )
     max_new_tokens: int = setting("Per-method generation length (0: sampling.max_new_tokens).", 0)
 
 
@@ -256,7 +353,22 @@ class GenerationSection:
     self_instruct: SelfInstructSection = setting("Self-Instruct bootstrapping.", factory=SelfInstructSection)
     orca: OrcaSection = setting("Orca explanation-tuning prompts.", factory=OrcaSection)
     min_text_chars: int = setting("Generations shorter than this are dropped when collecting textbooks.", 40)
+    corpus: CorpusSection = setting("Seed-extract corpus (Cosmopedia's main lever).", factory=CorpusSection)
+    inference: InferenceSection = setting("Which engine runs the teacher at scale.", factory=InferenceSection)
+    chunk_size: int = setting(
+        "Prompts per output part of the builtin runner: a finished part is never redone, and a resumed run holds "
+        "at most one part's ids in memory.",
+        10000,
+    )
+    diversity_sample: int = setting(
+        "Prompts (and generations) checked for near-identical pairs, the first ones of the stream (a random "
+        "sample: builders emit prompts in a seeded random order). The distinct count covers all of them.",
+        20000,
+    )
+    dry_run: DryRunSection = setting("Assumptions of `data_pipeline all --dry-run`.", factory=DryRunSection)
 
     def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
         if not 0 <= self.allow_failed_fraction <= 1:
             raise ValueError(f"allow_failed_fraction must be in [0, 1], got {self.allow_failed_fraction}")

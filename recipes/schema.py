@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recipes.ablation import AblationSection
 from recipes.config import apply_overrides, build, load_yaml, setting
 from recipes.curation import CurationSection
 from recipes.evaluation import EvalSection
@@ -72,6 +73,10 @@ class Recipe:
         "How training is launched (accelerate config, processes, nodes).", factory=LaunchSection
     )
     eval: EvalSection = setting("Benchmarks, shots, limits and sampling.", factory=EvalSection)
+    ablation: AblationSection = setting(
+        "Data ablation at matched compute (`make ablation`, eval/ablation.py): arms, seeds, metrics.",
+        factory=AblationSection,
+    )
 
     @property
     def run_path(self) -> Path:

@@ -11,13 +11,47 @@ or final LR; those defaults below are common practice, not Phi-1's.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from recipes.config import setting
 
 STAGES = ("pretrain", "finetune")
 NO_DECAY_KINDS = ("bias", "norm", "embedding")
+_STAGE_REF = re.compile(rf"({'|'.join(STAGES)})(?:@(\d+))?")
+
+
+def stage_ref(text: str) -> tuple[str, int | None] | None:
+    """'pretrain' -> ('pretrain', None), 'pretrain@24000' -> ('pretrain', 24000); anything else (a path): None."""
+    match = _STAGE_REF.fullmatch(text)
+    return (match.group(1), int(match.group(2)) if match.group(2) else None) if match else None
+
+
+def stage_export_dir(run_path: Path, ref: str) -> Path:
+    """The HF model directory a stage reference names: <run>/<stage>/export (the stage's export: its last or,
+    with select_best, its best step) or <run>/<stage>/exports/step-N. Used by train (init_from) and eval."""
+    parsed = stage_ref(ref)
+    if parsed is None:
+        raise ValueError(
+            f"'{ref}' is not a stage reference (expected one of {', '.join(STAGES)}, optionally @STEP)"
+        )
+    stage, step = parsed
+    return Path(run_path) / stage / ("export" if step is None else f"exports/step-{step}")
+
+
+@dataclass
+class DataPhase:
+    """One data phase of a stage (Phi-3 Sec. 2: web-heavy first, then synthetic-heavy)."""
+
+    shards: str = setting(
+        "Packed shard directory whose train/ this phase reads (same tokenizer as the stage)."
+    )
+    until_step: int | None = setting(
+        "Optimizer steps below this read the phase's shards; null: until the end of the stage (last phase only).",
+        None,
+    )
 
 
 @dataclass
@@ -28,9 +62,17 @@ class StageSection:
         "Packed shard directory holding train/ and val/ (stagekit.shards). Empty: <run>/data/shards/<stage>.",
         "",
     )
+    # --- data phases (issue 15) ---
+    phases: list[DataPhase] = setting(
+        "Data phases by step: each {until_step, shards} feeds steps [previous until_step, until_step) from its "
+        "shards' train/, starting at that set's first sequence; `shards` above still gives val/. Empty: one phase.",
+        factory=list,
+    )
+    # --- end data phases ---
     init_from: str = setting(
-        "Starting weights: '' a seeded random init, 'pretrain' the pretrain stage's export, or a path to an HF "
-        "Llama directory. Phi-1 finetunes phi-1-base (Sec. 2.3).",
+        "Starting weights: '' a seeded random init, 'pretrain' the pretrain stage's export, 'pretrain@N' its "
+        "step-N export (N must be in that stage's export_steps), or a path to an HF model directory. Phi-1 "
+        "finetunes phi-1-base, the 24,000-step checkpoint of the pretrain run (Sec. 2.3).",
         "",
     )
     max_steps: int = setting(
@@ -86,6 +128,25 @@ class StageSection:
     compile: bool = setting("torch.compile the model (inductor).", False)
     shuffle: bool = setting(
         "Shuffle the sequence windows each epoch (seeded by the recipe seed); false reads in order.", True
+    )
+    export_steps: list[int] = setting(
+        "Also export the weights of these steps as loadable HF models, <stage>/exports/step-N/ (+ manifest "
+        "with `step`), beside the resumable checkpoints. Phi-1: phi-1-base = step 24,000 of 36,000 (Sec. 2.3).",
+        factory=list,
+    )
+    export_every: int = setting(
+        "Also export every N steps to <stage>/exports/step-N/; 0: only export_steps and the end.", 0
+    )
+    select_best: bool = setting(
+        "export/ holds the exported step (export_steps, export_every, or the last) with the lowest loss on this "
+        "stage's held-out val/ split, never a benchmark; the manifest records every candidate. Phi-1 keeps the "
+        "best of the finetune's 1,000-step checkpoints (Sec. 2.3). false: export/ holds the last step.",
+        False,
+    )
+    loss_on: Literal["all", "completion"] = setting(
+        "Tokens the loss covers: all, or completion (prompt tokens of shards written with prompt_tokens are "
+        "masked; documents without a prompt count whole). Applies to training and validation loss.",
+        "all",
     )
     log_every: int = setting(
         "Write a metrics.jsonl record every N steps (the last step is always logged).", 1
@@ -143,6 +204,11 @@ class StageSection:
                 f"global_batch_size ({self.global_batch_size}) is not a multiple of micro_batch_size "
                 f"({self.micro_batch_size})"
             )
+        outside = [n for n in self.export_steps if not 1 <= n <= self.max_steps]
+        if outside:
+            raise ValueError(f"export_steps {outside} lie outside [1, max_steps={self.max_steps}]")
+        if self.export_every < 0:
+            raise ValueError(f"export_every must be >= 0, got {self.export_every}")
         if self.warmup_steps > self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1 or not 0 < self.decay_fraction <= 1:
@@ -151,6 +217,29 @@ class StageSection:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if self.weight_decay < 0 or self.grad_clip < 0 or self.loss_spike_factor < 0 or not self.eps > 0:
             raise ValueError("weight_decay, grad_clip and loss_spike_factor must be >= 0 and eps > 0")
+        if self.phases and not _phases_cover(self.phases, self.max_steps):
+            raise ValueError(
+                f"phases: until_step values {[p.until_step for p in self.phases]} must rise, only the last may be "
+                f"null, and the last must cover max_steps ({self.max_steps})"
+            )
+
+    def exported_steps(self) -> list[int]:
+        """Steps written to exports/step-N/: export_steps, multiples of export_every, and with select_best the
+        last step (a selection candidate)."""
+        steps = set(self.export_steps)
+        if self.export_every:
+            steps.update(range(self.export_every, self.max_steps + 1, self.export_every))
+        if self.select_best:
+            steps.add(self.max_steps)
+        return sorted(steps)
+
+
+def _phases_cover(phases: list[DataPhase], max_steps: int) -> bool:
+    """Rising until_step bounds, >= 1, only the last open (null), and the phases reach the last step."""
+    ends = [max_steps if p.until_step is None else p.until_step for p in phases]
+    open_inside = any(p.until_step is None for p in phases[:-1])
+    rising = all(a < b for a, b in zip(ends, ends[1:]))
+    return not open_inside and ends[0] >= 1 and rising and ends[-1] >= max_steps
 
 
 @dataclass
@@ -163,8 +252,8 @@ class FinetuneSection(StageSection):
     """phi-1: the same loop on CodeExercises-style data, from the pretrain export, with its own hyperparameters."""
 
     init_from: str = setting(
-        "Starting weights: 'pretrain' the pretrain stage's export (Phi-1 finetunes phi-1-base), '' a seeded "
-        "random init, or a path to an HF Llama directory.",
+        "Starting weights: 'pretrain' the pretrain stage's export, 'pretrain@N' its step-N export (Phi-1 "
+        "finetunes phi-1-base = pretrain@24000), '' a seeded random init, or a path to an HF model directory.",
         "pretrain",
     )
     lr: float = setting("Peak learning rate. Phi-1 finetuning: 1e-4.", 1e-4)
@@ -188,6 +277,19 @@ class TrainSection:
         "Peak FLOP/s of one device for MFU; null: look the device up in train.metrics.PEAK_FLOPS (CPU: no MFU).",
         None,
     )
+
+    def __post_init__(self) -> None:
+        for stage in STAGES:
+            init = stage_ref(self.section(stage).init_from)
+            if init is None:
+                continue
+            source, step = init
+            if source == stage:
+                raise ValueError(f"{stage}.init_from: a stage cannot start from its own export")
+            if step is not None and step not in self.section(source).exported_steps():
+                raise ValueError(
+                    f"{stage}.init_from: {source}@{step} is never exported; add {step} to {source}.export_steps"
+                )
 
     def section(self, stage: str) -> StageSection:
         if stage not in STAGES:

@@ -20,15 +20,22 @@ import torch
 from stagekit.io import StageError
 from stagekit.shards import ShardReader
 
+IGNORE = -100  # label of a token the loss skips (torch cross_entropy's ignore_index)
+
 
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # [B, T] int64
-    labels: torch.Tensor  # [B, T] int64, input_ids shifted by one
+    labels: torch.Tensor  # [B, T] int64, input_ids shifted by one; IGNORE where the loss skips the token
     position_ids: torch.Tensor  # [B, T] int64, restarting at 0 at each document start
 
     def to(self, device: torch.device) -> Batch:
         return Batch(self.input_ids.to(device), self.labels.to(device), self.position_ids.to(device))
+
+    @property
+    def num_targets(self) -> int:
+        """Labels the loss counts."""
+        return int((self.labels != IGNORE).sum())
 
 
 def open_shards(directory: Path, min_tokens: int, what: str) -> ShardReader:
@@ -43,23 +50,32 @@ def open_shards(directory: Path, min_tokens: int, what: str) -> ShardReader:
 
 
 def training_sequences(
-    directory: Path, seq_len: int, *, seed: int, shuffle: bool, what: str
+    directory: Path, seq_len: int, *, seed: int, shuffle: bool, what: str, completion_only: bool = False
 ) -> PackedSequences:
-    return PackedSequences(open_shards(directory, seq_len + 1, what), seq_len, seed=seed, shuffle=shuffle)
+    reader = open_shards(directory, seq_len + 1, what)
+    return PackedSequences(reader, seq_len, seed=seed, shuffle=shuffle, completion_only=completion_only)
 
 
-def validation_sequences(directory: Path, seq_len: int, what: str) -> PackedSequences:
+def validation_sequences(
+    directory: Path, seq_len: int, what: str, completion_only: bool = False
+) -> PackedSequences:
     """Validation windows in order; a held-out set shorter than one sequence (a tiny run holding out a single
     short document) is scored as one shorter window rather than not at all."""
     reader = open_shards(directory, 2, what)
-    return PackedSequences(reader, min(seq_len, reader.num_tokens - 1), seed=0, shuffle=False)
+    return PackedSequences(
+        reader, min(seq_len, reader.num_tokens - 1), seed=0, shuffle=False, completion_only=completion_only
+    )
 
 
 class PackedSequences:
-    """Windows of seq_len + 1 tokens over a shard set, in a seeded per-epoch order."""
+    """Windows of seq_len + 1 tokens over a shard set, in a seeded per-epoch order. completion_only: labels of
+    prompt tokens (ShardReader.loss_mask False) are IGNORE, so only completions are learned."""
 
-    def __init__(self, reader: ShardReader, seq_len: int, *, seed: int, shuffle: bool):
+    def __init__(
+        self, reader: ShardReader, seq_len: int, *, seed: int, shuffle: bool, completion_only: bool = False
+    ):
         self.reader, self.seq_len, self.seed, self.shuffle = reader, seq_len, seed, shuffle
+        self.completion_only = completion_only
         self.num_windows = (reader.num_tokens - 1) // seq_len
         self._orders: dict[int, np.ndarray] = {}
 
@@ -86,7 +102,11 @@ class PackedSequences:
         tokens, positions = zip(*(self.window(w) for w in windows))
         tok = torch.from_numpy(np.stack(tokens))
         pos = torch.from_numpy(np.stack(positions))
-        return Batch(tok[:, :-1].contiguous(), tok[:, 1:].contiguous(), pos[:, :-1].contiguous())
+        labels = tok[:, 1:].clone()
+        if self.completion_only:  # label i is token i + 1: it counts when that token does
+            counts = np.stack([self.reader.loss_mask(w * self.seq_len, self.seq_len + 1) for w in windows])
+            labels[~torch.from_numpy(counts[:, 1:])] = IGNORE
+        return Batch(tok[:, :-1].contiguous(), labels, pos[:, :-1].contiguous())
 
 
 class TrainBatches:
@@ -130,3 +150,51 @@ def validation_batches(
         )
     mine = list(range(rank, count, world))
     return [sequences.batch(mine[i : i + micro_batch]) for i in range(0, len(mine), micro_batch)]
+
+
+# --- data phases (issue 15): a batch source per range of steps ------------------------------------------------
+
+
+class PhasedBatches:
+    """Data phases by step (Phi-3's curriculum): phase i feeds steps [end_(i-1), end_i) from its own shard set,
+    starting at that set's first sequence, with the same seed, order rule and rank split as TrainBatches."""
+
+    def __init__(self, phases: list[tuple[int, TrainBatches]]):
+        self.phases = phases
+
+    @classmethod
+    def like(cls, template: TrainBatches, phases: list[tuple[int, Path]], what: str) -> PhasedBatches:
+        """One TrainBatches per (end step, train dir), shaped like `template` (seq_len, seed, batch, ranks)."""
+        seq = template.sequences
+
+        def source(i: int, directory: Path) -> TrainBatches:
+            sequences = training_sequences(
+                directory, seq.seq_len, seed=seq.seed, shuffle=seq.shuffle, what=f"{what} phase {i + 1}",
+                completion_only=seq.completion_only,
+            )  # fmt: skip
+            return TrainBatches(
+                sequences, micro_batch=template.micro, accumulation=template.accumulation, world=template.world,
+                rank=template.rank,
+            )  # fmt: skip
+
+        return cls([(end, source(i, directory)) for i, (end, directory) in enumerate(phases)])
+
+    def _locate(self, step: int) -> tuple[int, TrainBatches, int]:
+        """(phase index, its batches, step within the phase); steps past the last end stay in the last phase."""
+        start = 0
+        for i, (end, batches) in enumerate(self.phases[:-1]):
+            if step < end:
+                return i, batches, step - start
+            start = end
+        return len(self.phases) - 1, self.phases[-1][1], step - start
+
+    def micro_batch(self, step: int, k: int) -> Batch:
+        _, batches, local = self._locate(step)
+        return batches.micro_batch(local, k)
+
+    def position(self, step: int) -> dict:
+        phase, batches, local = self._locate(step)
+        return {"phase": phase, "phase_ends": [end for end, _ in self.phases], **batches.position(local)}
+
+
+# --- end data phases ---

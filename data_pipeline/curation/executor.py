@@ -5,10 +5,13 @@ A stage describes its per-document work as a `DocumentWorker` (a dataclass of pl
 results). `map_documents` yields `(record, result)` in input order whichever way it ran:
 
 - inline: this process, batch by batch;
-- local / slurm: datatrove tasks; task `rank` takes every `world_size`-th record and writes
-  `parts/<rank>.jsonl` ({"i": index, "r": result}) atomically; the driver merges the parts by index, so
-  the stage's output is byte-identical to the inline run. Parts are keyed by the input's sha256 and the
-  worker's parameters (`parts/spec.json`) and reused when complete.
+- local / slurm: datatrove tasks; task `rank` reads only its own contiguous byte range of the input
+  (split at line boundaries, so reading costs N records in total, not tasks x N) and writes its results,
+  one JSON line per record, to `parts/<rank>.jsonl` atomically. Concatenated in rank order the parts are
+  in input order, so the driver streams the input beside them (no per-document state) and the output is
+  byte-identical to the inline run. Parts are keyed by the input's sha256 and the worker's parameters
+  (`parts/spec.json`); a re-run reuses the finished tasks (datatrove's completion markers) and runs only
+  the ones that failed or were killed, whose part was never renamed into place.
 
 On Slurm the driver cannot wait: it submits the map job and a dependent one-task job that re-runs the
 whole stage (`resume`), which finds the finished parts and writes the output; the driver raises
@@ -20,12 +23,11 @@ from __future__ import annotations
 import abc
 import dataclasses
 import hashlib
-import heapq
 import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from datatrove.pipeline.base import PipelineStep
 from tqdm import tqdm
 
 from recipes.curation import ExecutorConfig
-from stagekit.io import StageError, atomic_path, read_jsonl, sha256_file, write_json
+from stagekit.io import StageError, atomic_path, read_jsonl, read_jsonl_numbered, sha256_file, write_json
 
 FINISH_ONLY_ENV = "TEXTBOOKS_CURATION_FINISH_ONLY"
 
@@ -97,17 +99,56 @@ def map_documents(
                 bar.update(len(batch))
         return
     parts = _datatrove_parts(path, worker, executor, work_dir, batch_size, required, resume)
-    for i, (record, (index, result)) in enumerate(zip(records, heapq.merge(*parts, key=lambda x: x[0]))):
-        if index != i:
-            raise StageError(f"{work_dir}: datatrove parts are out of step with {path} (record {i})")
+    results = chain.from_iterable(parts)
+    missing = object()
+    for i, record in enumerate(records):
+        result = next(results, missing)
+        if result is missing:
+            raise StageError(f"{work_dir}: datatrove parts end before record {i} of {path}")
         yield record, result
+    if next(results, missing) is not missing:
+        raise StageError(f"{work_dir}: datatrove parts hold more results than {path} has records")
 
 
-def _read_part(path: Path) -> Iterator[tuple[int, Any]]:
+def _read_part(path: Path) -> Iterator[Any]:
     with open(path, encoding="utf-8") as f:
         for line in f:
-            item = json.loads(line)
-            yield item["i"], item["r"]
+            yield json.loads(line)
+
+
+def byte_range(path: Path, rank: int, world_size: int) -> tuple[int, int]:
+    """Task `rank`'s share of the file: [start, end) cut at the first line start after each even split."""
+    size = path.stat().st_size
+
+    def cut(k: int) -> int:
+        target = size * k // world_size
+        if target == 0 or k >= world_size:
+            return target
+        with open(path, "rb") as f:
+            f.seek(target - 1)
+            f.readline()  # a line running over the cut belongs to the task before it
+            return f.tell()
+
+    return cut(rank), cut(rank + 1)
+
+
+def read_jsonl_range(path: Path, start: int, end: int, required: tuple[str, ...]) -> Iterator[dict]:
+    """Records of the lines starting in [start, end); bad input raises read_jsonl's `file:line` error."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        while f.tell() < end:
+            line = f.readline()
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not (isinstance(record, dict) and all(k in record for k in required)):
+                # Rare path: re-read from the top, which raises the message naming the line.
+                for _ in read_jsonl_numbered(path, required):
+                    pass
+            yield record
 
 
 def _datatrove_parts(path, worker, executor, work_dir, batch_size, required, resume) -> list[Iterator]:
@@ -130,10 +171,17 @@ def _datatrove_parts(path, worker, executor, work_dir, batch_size, required, res
             raise StageError(
                 f"{parts_dir}: datatrove tasks did not finish (missing {missing}); see {parts_dir.parent}/logs"
             )
-        if parts_dir.exists():
-            shutil.rmtree(parts_dir)
-        parts_dir.mkdir(parents=True)
-        write_json(spec_path, spec)
+        if not same:  # other input or parameters: nothing here is reusable, completion markers included
+            for stale in (parts_dir, parts_dir.parent / "logs"):
+                if stale.exists():
+                    shutil.rmtree(stale)
+            parts_dir.mkdir(parents=True)
+            write_json(spec_path, spec)
+        for rank, part in enumerate(names):  # a task whose part is gone must run again
+            if not part.is_file():
+                (parts_dir.parent / "logs" / "completions" / f"{rank:05d}").unlink(missing_ok=True)
+        for leftover in parts_dir.glob(".*.tmp"):  # temporary files of killed tasks
+            leftover.unlink()
         _run_map(
             MapStep(str(path), worker, str(parts_dir), batch_size, required),
             executor,
@@ -157,7 +205,7 @@ def _run_map(step: MapStep, executor: ExecutorConfig, root: Path, resume: Callab
             tasks=executor.tasks,
             workers=executor.workers,
             logging_dir=str(root / "logs"),
-            skip_completed=False,
+            skip_completed=True,  # a re-run redoes only the tasks that did not finish
         ).run()
         return
     from datatrove.executor import SlurmPipelineExecutor
@@ -171,13 +219,13 @@ def _run_map(step: MapStep, executor: ExecutorConfig, root: Path, resume: Callab
         "mem_per_cpu_gb": executor.slurm_mem_per_cpu_gb,
         "venv_path": executor.slurm_venv_path or None,
         "sbatch_args": dict(executor.slurm_sbatch_args),
-        "skip_completed": False,
     }
     mapper = SlurmPipelineExecutor(
         pipeline=[step],
         tasks=executor.tasks,
         job_name=f"map-{step.name}",
         logging_dir=str(root / "logs"),
+        skip_completed=True,
         **common,
     )
     finisher = SlurmPipelineExecutor(
@@ -186,6 +234,7 @@ def _run_map(step: MapStep, executor: ExecutorConfig, root: Path, resume: Callab
         depends=mapper,
         job_name=f"finish-{step.name}",
         logging_dir=str(root / "finish-logs"),
+        skip_completed=False,
         **common,
     )
     finisher.run()  # launches its dependency first
@@ -195,7 +244,7 @@ def _run_map(step: MapStep, executor: ExecutorConfig, root: Path, resume: Callab
 
 
 class MapStep(PipelineStep):
-    """datatrove step: this task's share of the records through the worker, into parts/<rank>.jsonl."""
+    """datatrove step: this task's byte range of the input through the worker, into parts/<rank>.jsonl."""
 
     type = "🧮 - MAP"
 
@@ -209,16 +258,16 @@ class MapStep(PipelineStep):
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         self.worker.ready()
-        mine = ((i, r) for i, r in enumerate(read_jsonl(self.input, self.required)) if i % world_size == rank)
+        path = Path(self.input)
+        mine = read_jsonl_range(path, *byte_range(path, rank, world_size), self.required)
         with (
             atomic_path(Path(self.parts_dir) / f"{rank:05d}.jsonl") as tmp,
             open(tmp, "w", encoding="utf-8") as f,
         ):
             for batch in batched(mine, self.batch_size):
                 with self.track_time(unit="batch"):
-                    results = self.worker.process([r for _, r in batch])
-                for (i, _), result in zip(batch, results):
-                    f.write(json.dumps({"i": i, "r": result}, ensure_ascii=False) + "\n")
+                    results = self.worker.process(batch)
+                f.writelines(json.dumps(result, ensure_ascii=False) + "\n" for result in results)
                 self.stat_update("documents", value=len(batch))
         return None
 

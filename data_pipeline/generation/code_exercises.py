@@ -9,52 +9,65 @@ is kept only if the code parses (`ast.parse`), has a docstring and a non-trivial
 from __future__ import annotations
 
 import ast
-import random
+import hashlib
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator
 
+from data_pipeline.generation import code_textbook
 from data_pipeline.generation.sources import chat
+from data_pipeline.generation.space import Part, Space
 
 VERBS = [
     "count", "find", "merge", "split", "sort", "filter", "group", "rotate", "flatten", "compress", "validate",
     "normalize", "parse", "encode", "decode", "summarize", "rank", "match", "reverse", "partition", "sum",
-    "schedule", "simulate", "convert", "detect",
+    "schedule", "simulate", "convert", "detect", "balance", "cluster", "dedupe", "diff", "estimate", "evaluate",
+    "format", "index", "interleave", "invert", "label", "locate", "measure", "pack", "pair", "prune", "render",
+    "resample", "score", "select", "shift", "tokenize", "trace", "transpose", "unpack",
 ]  # fmt: skip
 NOUNS = [
     "intervals", "words", "digits", "pairs", "primes", "matrix", "brackets", "scores", "dates", "tokens",
     "anagrams", "paths", "coins", "ranges", "duplicates", "vowels", "peaks", "runs", "fractions", "grid",
-    "palindromes", "tasks", "temperatures", "grades", "inventory",
+    "palindromes", "tasks", "temperatures", "grades", "inventory", "accounts", "bits", "cells", "chunks",
+    "columns", "commands", "coordinates", "cycles", "deadlines", "edges", "emails", "events", "filenames",
+    "flights", "headers", "histogram", "hours", "invoices", "keys", "layers", "lines", "logs", "measurements",
+    "messages", "moves", "nodes", "orders", "passwords", "permutations", "points", "polygons", "prices",
+    "queues", "records", "routes", "rows", "segments", "sentences", "sequences", "sets", "shapes", "signals",
+    "slots", "stacks", "students", "subarrays", "timestamps", "transactions", "trees", "triangles", "urls",
+    "users", "versions", "votes", "weights",
 ]  # fmt: skip
+LEVELS = {
+    "easy": "It needs one loop or one comprehension.",
+    "medium": "It needs a helper data structure such as a dict, a set or a heap.",
+    "hard": "It needs an algorithmic idea such as recursion, dynamic programming or two pointers.",
+}
 
 
-def build_prompt(topic: str, name: str) -> str:
+def build_prompt(topic: str, name: str, level: str = "easy") -> str:
     return (
         f"Write a short Python exercise about {topic}. It is one function named `{name}` with type hints. "
-        "Its docstring states the task precisely and shows one example call with the expected result; the body "
-        "then solves it using only the standard library.\n\n"
+        f"{LEVELS[level]} Its docstring states the task precisely and shows one example call with the expected "
+        "result; the body then solves it using only the standard library.\n\n"
         "Reply with only the code, in a single ```python block."
     )
 
 
-def build(topics: list[str], num_prompts: int, seed: int) -> list[dict]:
-    """`num_prompts` prompts, each with a distinct function name and a topic, fixed by `seed`."""
-    rng = random.Random(seed)
+def space(topics: list[str]) -> Space:
+    """function names (verb_noun) x (topics + topic pairs) x difficulty levels."""
     names = [f"{v}_{n}" for v in VERBS for n in NOUNS]
-    rng.shuffle(names)
-    topics = list(dict.fromkeys(topics))
-    order = rng.sample(topics, len(topics))
-    records = []
-    for i, name in enumerate(names[:num_prompts]):
-        topic = order[i % len(order)]
-        records.append(
-            {
-                "method": "code-exercises",
-                "messages": chat(build_prompt(topic, name)),
-                "topic": topic,
-                "entry_point": name,
-            }
-        )
-    return records
+    subjects, levels = code_textbook.subjects(topics), list(LEVELS)
+
+    def record(d: list[int]) -> dict:
+        name, topic, level = names[d[0]], subjects[d[1]], levels[d[2]]
+        return {
+            "method": "code-exercises",
+            "messages": chat(build_prompt(topic, name, level)),
+            "topic": topic,
+            "level": level,
+            "entry_point": name,
+        }
+
+    return Space([Part((len(names), len(subjects), len(levels)), record)])
 
 
 FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(```|\Z)", re.S)
@@ -129,9 +142,10 @@ def split_exercise(code: str, entry_point: str | None = None) -> tuple[str, str,
     return prompt, solution, func.name
 
 
-def parse_generations(records: list[dict]) -> tuple[list[dict], Counter]:
-    """CodeExercises generation records -> exercise records {id, text, prompt, solution, entry_point, ...}."""
-    kept, drops, seen = [], Counter(), set()
+def parse_generations(records: Iterable[dict], drops: Counter) -> Iterator[dict]:
+    """CodeExercises generation records -> exercise records {id, text, prompt, solution, entry_point, ...}, streamed;
+    each rejected record counts in `drops` under its rule. Repeats are found by an 8-byte digest per exercise."""
+    seen: set[bytes] = set()
     for r in records:
         try:
             if r.get("error"):
@@ -142,20 +156,18 @@ def parse_generations(records: list[dict]) -> tuple[list[dict], Counter]:
             drops[e.args[0]] += 1
             continue
         text = prompt + solution
-        if text in seen:
+        digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+        if digest in seen:
             drops["duplicate"] += 1
             continue
-        seen.add(text)
-        kept.append(
-            {
-                "id": r["id"],
-                "text": text,
-                "prompt": prompt,
-                "solution": solution,
-                "entry_point": name,
-                "topic": r.get("topic"),
-                "method": "code-exercises",
-                "teacher": r.get("teacher"),
-            }
-        )
-    return kept, drops
+        seen.add(digest)
+        yield {
+            "id": r["id"],
+            "text": text,
+            "prompt": prompt,
+            "solution": solution,
+            "entry_point": name,
+            "topic": r.get("topic"),
+            "method": "code-exercises",
+            "teacher": r.get("teacher"),
+        }

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_pipeline.generation.sources import DEFAULT_TOPICS, chat, read_lines, sample_indices
+from data_pipeline.generation.seeds import ExtractStore
+from data_pipeline.generation.sources import DEFAULT_TOPICS, chat, read_lines
+from data_pipeline.generation.space import Part, Space
 from stagekit.io import StageError, read_jsonl_numbered
 
 AUDIENCES = {
@@ -67,14 +69,21 @@ ANTI_BOILERPLATE = (
 )
 
 
-def _subject(seed: dict, what: str, extract_chars: int) -> str:
-    topic = seed["topic"].strip()
+FOCUS = {
+    # Cosmopedia limited half of its extract prompts to the extract's own topic, to keep them on the seed.
+    False: "going beyond it to teach the underlying ideas",
+    True: "staying strictly within the topic of the extract and not drifting to neighbouring subjects",
+}
+
+
+def _subject(seed: dict, what: str, extract_chars: int, focused: bool = False) -> str:
+    topic = seed.get("topic", "").strip()
     if seed.get("extract"):
         extract = seed["extract"].strip()[:extract_chars]
         source = f'a document about "{topic}"' if topic else "a web page or code file"
         return (
             f'Here is an extract from {source}:\n\n"""\n{extract}\n"""\n\n'
-            f"Write {what} related to this extract, going beyond it to teach the underlying ideas"
+            f"Write {what} related to this extract, {FOCUS[focused]}"
         )
     if seed.get("outline"):
         outline = seed["outline"].strip()
@@ -82,51 +91,65 @@ def _subject(seed: dict, what: str, extract_chars: int) -> str:
     return f'Write {what} about "{topic}"'
 
 
-def build_prompt(seed: dict, audience: str, fmt: str, extract_chars: int = 1000) -> str:
+def build_prompt(
+    seed: dict, audience: str, fmt: str, extract_chars: int = 1000, focused: bool = False
+) -> str:
     what, style = FORMATS[fmt]
-    return f"{_subject(seed, what, extract_chars)} {AUDIENCES[audience]}\n\n{style}\n\n{ANTI_BOILERPLATE}"
+    return f"{_subject(seed, what, extract_chars, focused)} {AUDIENCES[audience]}\n\n{style}\n\n{ANTI_BOILERPLATE}"
 
 
-def build(
+def space(
     seeds: list[dict],
+    extracts: ExtractStore,
     audiences: list[str],
     formats: list[str],
-    num_prompts: int,
-    seed: int,
     extract_chars: int = 1000,
-) -> list[dict]:
-    """`num_prompts` distinct prompts sampled from seeds x audiences x formats, fixed by `seed`."""
+) -> Space:
+    """Topic/outline seeds x audiences x formats, then extract seeds x audiences x formats x {open, focused}."""
+    seeds = dedupe_seeds([s for s in seeds if not s.get("extract")])
+
+    def record(seed: dict, audience: int, fmt: int, focused: bool) -> dict:
+        kind = "extract" if seed.get("extract") else "outline" if seed.get("outline") else "topic"
+        a, f = audiences[audience], formats[fmt]
+        return {
+            "method": "cosmopedia",
+            "messages": chat(build_prompt(seed, a, f, extract_chars, focused)),
+            "topic": seed.get("topic", ""),
+            "audience": a,
+            "format": f,
+            "seed_kind": kind,
+            **({"focused": focused} if kind == "extract" else {}),
+        }
+
+    cells = (len(audiences), len(formats))
+    return Space(
+        [
+            Part((len(seeds), *cells), lambda d: record(seeds[d[0]], d[1], d[2], False)),
+            Part((len(extracts), *cells, 2), lambda d: record(extracts[d[0]], d[1], d[2], bool(d[3]))),
+        ]
+    )
+
+
+def dedupe_seeds(seeds: list[dict]) -> list[dict]:
+    """Topic/outline seeds with repeats (case-insensitive topic + outline) removed, first occurrence kept."""
     unique, seen = [], set()
-    for s in seeds:  # de-duplicate seeds so every cell of the cross product is a distinct prompt
-        key = (s["topic"].strip().lower(), (s.get("extract") or "")[:extract_chars], s.get("outline") or "")
+    for s in seeds:
+        key = (s.get("topic", "").strip().lower(), s.get("outline") or "")
         if key not in seen:
             seen.add(key)
             unique.append(s)
-    cells = len(audiences) * len(formats)
-    records = []
-    for index in sample_indices(len(unique) * cells, num_prompts, seed):
-        s, rest = unique[index // cells], index % cells
-        audience, fmt = audiences[rest // len(formats)], formats[rest % len(formats)]
-        kind = "extract" if s.get("extract") else "outline" if s.get("outline") else "topic"
-        records.append(
-            {
-                "method": "cosmopedia",
-                "messages": chat(build_prompt(s, audience, fmt, extract_chars)),
-                "topic": s["topic"],
-                "audience": audience,
-                "format": fmt,
-                "seed_kind": kind,
-            }
-        )
-    return records
+    return unique
 
 
-def load_seeds(path: str | Path | None) -> list[dict]:
-    """Seeds from a .txt topic list or a JSONL of {topic?, extract | text?, outline?} (e.g. the topics stage)."""
+def load_seeds(path: str | Path | None, extracts: ExtractStore) -> list[dict]:
+    """Seeds from a .txt topic list or a JSONL of {topic?, extract | text?, outline?} (e.g. the topics stage).
+
+    Extract seeds are streamed into `extracts` (on disk); the topic/outline seeds are returned.
+    """
     path = Path(path or DEFAULT_TOPICS)
     if path.suffix == ".txt":
         return [{"topic": topic} for topic in read_lines(path)]
-    seeds = []
+    seeds, n = [], 0
     for lineno, record in read_jsonl_numbered(path):
         topic, extract, outline = (
             record.get("topic"),
@@ -137,7 +160,11 @@ def load_seeds(path: str | Path | None) -> list[dict]:
             raise StageError(
                 f"{path}:{lineno}: a Cosmopedia seed needs a 'topic' or an 'extract' (or 'text') string"
             )
-        seeds.append({"topic": topic or "", "extract": extract or "", "outline": outline or ""})
-    if not seeds:
+        n += 1
+        if extract:
+            extracts.add({"extract": extract, "topic": topic or "", "code": False})
+        else:
+            seeds.append({"topic": topic or "", "outline": outline or ""})
+    if not n:
         raise StageError(f"{path}: no seed records")
     return seeds

@@ -9,9 +9,11 @@ reasoning (step by step, as to a child, justify each step, ...) and trains on th
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from data_pipeline.generation.sources import chat, sample_indices
+from data_pipeline.generation.sources import chat
+from data_pipeline.generation.space import Part, Space
 from stagekit.io import StageError, read_jsonl_numbered
 
 SYSTEM_MESSAGES = [
@@ -53,35 +55,41 @@ def load_queries(path: str | Path) -> list[str]:
     return list(dict.fromkeys(queries))
 
 
-def build(
-    queries: list[str], num_prompts: int, seed: int, system_messages: list[str] | None = None
-) -> list[dict]:
-    """`num_prompts` distinct (system message, query) pairs sampled from their cross product, fixed by `seed`."""
+def space(queries: list[str], system_messages: list[str] | None = None) -> Space:
+    """Every (query, system message) pair."""
     systems = system_messages or SYSTEM_MESSAGES
-    records = []
-    for index in sample_indices(len(queries) * len(systems), num_prompts, seed):
-        user, s = queries[index // len(systems)], index % len(systems)
-        records.append(
-            {
-                "method": "orca",
-                "messages": chat(user, systems[s] or None),
-                "system": systems[s],
-                "user": user,
-                "system_index": s,
-            }
-        )
-    return records
+
+    def record(d: list[int]) -> dict:
+        user, s = queries[d[0]], d[1]
+        return {
+            "method": "orca",
+            "messages": chat(user, systems[s] or None),
+            "system": systems[s],
+            "user": user,
+            "system_index": s,
+        }
+
+    return Space([Part((len(queries), len(systems)), record)])
 
 
-def explanation_records(generations: list[dict]) -> tuple[list[dict], Counter]:
-    """(system, user, response) triples from orca generation records; failed or empty ones are dropped."""
-    kept, drops = [], Counter()
+def render(system: str, user: str, response: str) -> str:
+    """Orca's training text: the system message, the user query and the teacher's explained response."""
+    head = f"### System:\n{system}\n\n" if system else ""
+    return f"{head}### User:\n{user}\n\n### Assistant:\n{response}"
+
+
+def explanation_records(generations: Iterable[dict], drops: Counter) -> Iterator[dict]:
+    """(system, user, response) triples with their `text`, streamed; failed or empty ones count in `drops`."""
     for r in generations:
         response = (r.get("completion") or "").strip()
         if r.get("error") or not response:
             drops["generation_error" if r.get("error") else "empty"] += 1
             continue
-        kept.append(
-            {"id": r["id"], "method": "orca", "system": r["system"], "user": r["user"], "response": response}
-        )
-    return kept, drops
+        yield {
+            "id": r["id"],
+            "method": "orca",
+            "text": render(r["system"], r["user"], response),
+            "system": r["system"],
+            "user": r["user"],
+            "response": response,
+        }

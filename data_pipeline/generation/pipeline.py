@@ -14,14 +14,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from data_pipeline.generation.seeds import ExtractStore
 from data_pipeline.generation.stages import (
     TEXTBOOK_METHODS,
+    build_space,
     default_paths,
     exercises_stage,
     generate_stage,
+    method_sampling,
     method_section,
     orca_records_stage,
     prompts_stage,
+    seed_sources,
     self_instruct_stage,
     textbooks_stage,
     topics_stage,
@@ -76,6 +80,88 @@ def run_generation(recipe: Recipe, *, force: bool = False) -> dict[str, dict]:
         if teacher.cache_info().currsize:
             teacher().close()
     return manifests
+
+
+def capacity(recipe: Recipe, method: str) -> tuple[int | None, str]:
+    """Distinct prompts `method` can build from the recipe's sources, and how that was counted. Local sources are
+    scanned (as `prompts` would); streamed Hub sources count max_records documents, unbounded without it."""
+    corpus = recipe.data.generation.corpus
+    sources = seed_sources(recipe)
+    local = dataclasses.replace(sources, hub=[])
+    key = "corpus" if not corpus.use_curation_sources else "curation"
+    scanned = (
+        _with(recipe, corpus={"use_curation_sources": False, "sources": local}) if sources.hub else recipe
+    )
+    extracts = ExtractStore()
+    try:
+        space, _ = build_space(scanned, method, None, extracts)
+    finally:
+        extracts.close()
+    uses_corpus = getattr(method_section(recipe, method), "use_corpus", False)
+    if not uses_corpus or not sources.hub:
+        return space.size, "counted"
+    if any(h.max_records <= 0 for h in sources.hub):
+        return (
+            None,
+            f"unbounded: streams {', '.join(h.dataset for h in sources.hub)} ({key} hub, no max_records)",
+        )
+    documents = sum(h.max_records for h in sources.hub)
+    per_document = corpus.extracts_per_document or 1
+    bound = "<=" if corpus.extracts_per_document else ">="
+    estimate = space.size + documents * per_document * space.parts[-1].per_seed
+    return estimate, f"{bound} local + {documents:,} hub documents x {per_document} extract(s)"
+
+
+def plan(recipe: Recipe) -> list[dict]:
+    """Per enabled method: requested vs buildable prompts, expected tokens and teacher-hours (the data dry-run)."""
+    gen = recipe.data.generation
+    rows = []
+    for method in PROMPT_METHODS:
+        cfg = method_section(recipe, method)
+        if cfg.num_prompts <= 0:
+            continue
+        buildable, how = capacity(recipe, method)
+        tokens = (
+            cfg.num_prompts * method_sampling(recipe, method).max_new_tokens * gen.dry_run.completion_fill
+        )
+        rows.append(
+            {
+                "method": method,
+                "requested": cfg.num_prompts,
+                "buildable": buildable,
+                "how": how,
+                "ok": buildable is None or buildable >= cfg.num_prompts or cfg.allow_repeats,
+                "expected_tokens": int(tokens),
+                "teacher_hours": tokens / gen.dry_run.tokens_per_s / 3600,
+            }
+        )
+    return rows
+
+
+def print_plan(recipe: Recipe) -> bool:
+    """Print `plan` as a table; True when every method can build what it requests."""
+    gen = recipe.data.generation
+    rows = plan(recipe)
+    print(
+        f"generation plan ({recipe.name}): expected tokens = prompts x max_new_tokens x "
+        f"{gen.dry_run.completion_fill} (dry_run.completion_fill); teacher-hours at {gen.dry_run.tokens_per_s:,.0f} "
+        "generated tokens/s per server (dry_run.tokens_per_s)"
+    )
+    print(
+        f"  {'method':15} {'requested':>12} {'buildable':>14} {'expected tokens':>16} {'teacher-hours':>14}  note"
+    )
+    for r in rows:
+        buildable = "unbounded" if r["buildable"] is None else f"{r['buildable']:,}"
+        flag = "" if r["ok"] else "  NOT BUILDABLE: raise the sources or lower num_prompts"
+        print(
+            f"  {r['method']:15} {r['requested']:>12,} {buildable:>14} {r['expected_tokens']:>16,} "
+            f"{r['teacher_hours']:>14,.1f}  {r['how']}{flag}"
+        )
+    if gen.self_instruct.num_instructions > 0:
+        print(
+            f"  self-instruct: bootstraps {gen.self_instruct.num_instructions:,} tasks (teacher rounds, not counted)"
+        )
+    return all(r["ok"] for r in rows)
 
 
 def _with(recipe: Recipe, **sections: dict) -> Recipe:

@@ -9,18 +9,23 @@ with its manifest, and the journal is removed: later stages never see a half-fin
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import time
+from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
+from data_pipeline.generation.diversity import NearDuplicates
 from data_pipeline.teachers.base import Completion, Messages, Sampling, Teacher
-from stagekit.io import StageError, read_jsonl_numbered, sha256_text, write_jsonl
+from stagekit.io import StageError, atomic_path, read_jsonl_numbered, sha256_text, write_jsonl
 
 # Openers Cosmopedia's authors found overused by the teacher and asked it to avoid (quality stats only).
 BANNED_OPENERS = (
@@ -33,6 +38,8 @@ BANNED_OPENERS = (
     "sure",
 )
 PREFIX_CHARS = 40  # completions sharing their first 40 characters count as duplicate-prefix
+GENERATION_NEAR_THRESHOLD = 0.8  # Jaccard on 5-word shingles: datatrove's and Cosmopedia's dedup threshold
+_HEX16 = re.compile(r"[0-9a-f]{16}")
 
 
 def journal_path(output: str | Path) -> Path:
@@ -62,50 +69,64 @@ def to_messages(record: dict, where: str) -> Messages:
     raise StageError(f"{where}: record needs a non-empty 'prompt' string or a 'messages' list")
 
 
-def prompt_id(messages: Messages, sampling: Sampling) -> str:
-    """Stable id of a (conversation, sampling) pair: the same prompt sampled differently is a new item."""
-    return sha256_text(json.dumps({"messages": messages, "sampling": sampling.to_dict()}, sort_keys=True))[
-        :16
-    ]
+def prompt_id(messages: Messages, sampling: Sampling, repeat: int = 0) -> str:
+    """Stable id of a (conversation, sampling) pair: the same prompt sampled differently is a new item, and so
+    is a prompt's `repeat`-th pass (builders' allow_repeats)."""
+    key = {"messages": messages, "sampling": sampling.to_dict(), **({"repeat": repeat} if repeat else {})}
+    return sha256_text(json.dumps(key, sort_keys=True))[:16]
+
+
+def iter_prepared(records: Iterable[tuple[str, dict]], sampling: Sampling) -> Iterator[dict]:
+    """Validate prompt records (each with its `where`, e.g. file:line) and give each an id, streamed."""
+    for where, record in records:
+        messages = to_messages(record, where)
+        rid = (
+            str(record["id"])
+            if record.get("id") is not None
+            else prompt_id(messages, sampling, record.get("repeat", 0))
+        )
+        yield {**record, "id": rid, "messages": messages, "_where": where}
+
+
+def _unique(prompts: list[dict]) -> list[dict]:
+    """The prompts without their `_where`; a repeated id names both places."""
+    seen = {}
+    for p in prompts:
+        where = p.pop("_where")
+        if p["id"] in seen:
+            raise StageError(
+                f"{where}: duplicate id {p['id']} (first at {seen[p['id']]}); give repeated prompts distinct ids"
+            )
+        seen[p["id"]] = where
+    return prompts
 
 
 def prepare(records: Iterable[tuple[str, dict]], sampling: Sampling) -> list[dict]:
-    """Validate prompt records (each with its `where`, e.g. file:line) and give each an id; ids must be unique."""
-    prepared, seen = [], {}
-    for where, record in records:
-        messages = to_messages(record, where)
-        rid = str(record["id"]) if record.get("id") is not None else prompt_id(messages, sampling)
-        if rid in seen:
-            raise StageError(
-                f"{where}: duplicate id {rid} (first at {seen[rid]}); give repeated prompts distinct ids"
-            )
-        seen[rid] = where
-        prepared.append({**record, "id": rid, "messages": messages})
-    return prepared
+    """Validate prompt records and give each an id; ids must be unique."""
+    return _unique(list(iter_prepared(records, sampling)))
+
+
+def input_files(paths: Iterable[str | Path]) -> list[Path]:
+    """JSONL files, a directory standing for its sorted *.jsonl shards."""
+    files = []
+    for path in map(Path, paths):
+        files.extend(sorted(path.glob("*.jsonl")) if path.is_dir() else [path])
+    return files
+
+
+def stream_prompts(paths: Iterable[str | Path], sampling: Sampling) -> Iterator[dict]:
+    """Prompt records from JSONL files or shard directories, validated (errors name file:line), with ids."""
+    located = (
+        (f"{path}:{lineno}", record)
+        for path in input_files(paths)
+        for lineno, record in read_jsonl_numbered(path)
+    )
+    return iter_prepared(located, sampling)
 
 
 def load_prompts(paths: Iterable[str | Path], sampling: Sampling) -> list[dict]:
-    """Prompt records from JSONL files, validated (errors name file:line) and with ids."""
-    located = ((f"{path}:{lineno}", record) for path in paths for lineno, record in read_jsonl_numbered(path))
-    return prepare(located, sampling)
-
-
-@dataclass
-class RunStats:
-    total: int = 0
-    resumed: int = 0  # already done by an earlier run of the same command
-    done: int = 0
-    failed: int = 0
-    retried: int = 0  # prompts that needed more than one request, or that failed in an earlier run
-    completion_tokens: int = 0
-    seconds: float = 0.0
-
-    def summary(self) -> str:
-        rate = self.completion_tokens / self.seconds if self.seconds else 0.0
-        return (
-            f"{self.done} done ({self.resumed} from an earlier run), {self.failed} failed, {self.retried} retried, "
-            f"{self.completion_tokens} tokens generated in {self.seconds:.1f}s ({rate:.1f} tokens/s)"
-        )
+    """All prompt records of small files (tests, annotation); ids must be unique."""
+    return _unique(list(stream_prompts(paths, sampling)))
 
 
 def _read_journal(path: Path) -> list[dict]:
@@ -146,14 +167,30 @@ def run_prompts(
     desc: str = "generate",
     progress: bool = True,
 ) -> tuple[list[dict], RunStats]:
-    """Complete prompt records ({id?, prompt | messages, ...metadata}); returns output records in input order.
-
-    Records from `load_prompts` are already validated with file:line; others are checked here. With
-    `journal`, finished batches are appended there and a re-run skips what it holds. Failed prompts come
-    back with `error` set; nothing is dropped.
+    """Complete prompt records ({id?, prompt | messages, ...metadata}) held in memory; returns output records in
+    input order. With `journal`, finished batches are appended there and a re-run skips what it holds. Failed
+    prompts come back with `error` set; nothing is dropped. (`run_stream` is the same on a stream, in parts.)
     """
     prompts = prepare(((f"prompt[{i}]", r) for i, r in enumerate(prompts)), sampling)
     stats = RunStats(total=len(prompts))
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress)
+    try:
+        ordered = _complete(prompts, teacher, sampling, batch_size, journal, stats, bar)
+    finally:
+        bar.close()
+    return ordered, stats
+
+
+def _complete(
+    prompts: list[dict],
+    teacher: Teacher,
+    sampling: Sampling,
+    batch_size: int,
+    journal: str | Path | None,
+    stats: RunStats,
+    bar: tqdm,
+) -> list[dict]:
+    """One chunk: resume from its journal, complete the rest batch by batch, return its records in order."""
     base = sampling.to_dict()
     previous = {}
     for r in _read_journal(Path(journal)) if journal else []:
@@ -167,13 +204,13 @@ def run_prompts(
             stats.resumed += 1
         else:
             todo.append(p)
+    bar.update(len(results))
     stats.retried += sum(1 for p in todo if p["id"] in previous)  # failed last time, tried again now
     started = time.time()
     fd = None
     if journal:
         Path(journal).parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    bar = tqdm(total=len(prompts), initial=stats.resumed, desc=desc, unit="prompt", disable=not progress)
     try:
         for i in range(0, len(todo), batch_size):
             batch = todo[i : i + batch_size]
@@ -188,19 +225,98 @@ def run_prompts(
                 stats.retried += r["attempts"] > 1
                 stats.completion_tokens += r["completion_tokens"]
             bar.update(len(batch))
-            elapsed = time.time() - started
-            bar.set_postfix(
-                tok_s=f"{stats.completion_tokens / elapsed:.1f}" if elapsed else "-", refresh=False
-            )
+            stats.seconds += time.time() - started
+            started = time.time()
+            bar.set_postfix(tok_s=f"{stats.completion_tokens / max(stats.seconds, 1e-9):.1f}", refresh=False)
     finally:
-        bar.close()
         if fd is not None:
             os.close(fd)
-    stats.seconds = time.time() - started
+    stats.seconds += time.time() - started
     ordered = [results[p["id"]] for p in prompts]
-    stats.failed = sum(1 for r in ordered if r.get("error"))
-    stats.done = len(ordered) - stats.failed
-    return ordered, stats
+    failed = sum(1 for r in ordered if r.get("error"))
+    stats.failed += failed
+    stats.done += len(ordered) - failed
+    return ordered
+
+
+def parts_dir(output: str | Path) -> Path:
+    """Where `run_stream` keeps the finished parts and the journal of the part in progress."""
+    output = Path(output)
+    return output.with_name(output.name + ".parts")
+
+
+def _chunks(prompts: Iterator[dict], size: int) -> Iterator[list[dict]]:
+    while chunk := list(itertools.islice(prompts, size)):
+        yield chunk
+
+
+def run_stream(
+    prompts: Iterator[dict],
+    teacher: Teacher,
+    sampling: Sampling,
+    workdir: Path,
+    *,
+    batch_size: int = 8,
+    chunk_size: int = 10000,
+    desc: str = "generate",
+    progress: bool = True,
+) -> RunStats:
+    """Complete a stream of prepared prompts (`stream_prompts`) in parts of `chunk_size`, in O(chunk) memory.
+
+    Part k (prompts k*chunk_size ...) is journaled to `workdir/part-k.jsonl.partial` and renamed to
+    `part-k.jsonl` once every prompt in it succeeded; a re-run skips finished parts without reading them and
+    resumes the journal of the others. Parts with failures stay journals (retried by the next run).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    stats = RunStats()
+    bar = tqdm(desc=desc, unit="prompt", disable=not progress, dynamic_ncols=True)
+    try:
+        for k, chunk in enumerate(_chunks(prompts, chunk_size)):
+            _unique(chunk)  # ids must be unique; across parts the merge checks
+            stats.total += len(chunk)
+            part = workdir / f"part-{k:05d}.jsonl"
+            if part.is_file():
+                stats.resumed += len(chunk)
+                stats.done += len(chunk)
+                bar.update(len(chunk))
+                continue
+            journal = part.with_name(part.name + ".partial")
+            failed_before = stats.failed
+            records = _complete(chunk, teacher, sampling, batch_size, journal, stats, bar)
+            if stats.failed == failed_before:
+                write_jsonl(part, records)  # atomic; the journal is only removed once the part exists
+                journal.unlink()
+    finally:
+        bar.close()
+    return stats
+
+
+def iter_parts(workdir: Path) -> Iterator[dict]:
+    """Every record of the parts in order; an unfinished part contributes its latest record per id."""
+    for path in sorted(workdir.glob("part-*.jsonl*")):
+        if path.suffix == ".partial":
+            latest = {r["id"]: r for r in _read_journal(path)}
+            yield from latest.values()
+        else:
+            yield from (json.loads(line) for line in path.open(encoding="utf-8"))
+
+
+@dataclass
+class RunStats:
+    total: int = 0
+    resumed: int = 0  # already done by an earlier run of the same command
+    done: int = 0
+    failed: int = 0
+    retried: int = 0  # prompts that needed more than one request, or that failed in an earlier run
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        rate = self.completion_tokens / self.seconds if self.seconds else 0.0
+        return (
+            f"{self.done} done ({self.resumed} from an earlier run), {self.failed} failed, {self.retried} retried, "
+            f"{self.completion_tokens} tokens generated in {self.seconds:.1f}s ({rate:.1f} tokens/s)"
+        )
 
 
 def _output_record(prompt: dict, completion: Completion, teacher: str, sampling: dict) -> dict:
@@ -218,34 +334,82 @@ def _output_record(prompt: dict, completion: Completion, teacher: str, sampling:
     }
 
 
-def quality_stats(records: list[dict]) -> dict:
-    """Cheap signals of teacher trouble: truncation, boilerplate openers, near-duplicate outputs."""
-    ok = [r for r in records if not r.get("error")]
-    if not ok:
-        return {"completions": 0}
-    starts = [r["completion"].strip().lower() for r in ok]
-    prefixes = Counter(s[:PREFIX_CHARS] for s in starts)
-    return {
-        "completions": len(ok),
-        "hit_max_tokens": round(sum(r["finish_reason"] == "length" for r in ok) / len(ok), 4),
-        "banned_opener": round(sum(s.startswith(BANNED_OPENERS) for s in starts) / len(ok), 4),
-        "duplicate_prefix": round(sum(n - 1 for n in prefixes.values()) / len(ok), 4),
-        "empty": round(sum(not s for s in starts) / len(ok), 4),
-        "mean_completion_tokens": round(sum(r["completion_tokens"] for r in ok) / len(ok), 1),
-    }
+class QualityMeter:
+    """Cheap signals of teacher trouble, streamed: truncation, boilerplate openers and empty outputs over every
+    record; duplicate prefixes and near-duplicate generations (Jaccard >= 0.8) over the first `sample`."""
+
+    def __init__(self, sample: int = 20000) -> None:
+        self.sample, self.n, self.tokens = sample, 0, 0
+        self.counts: Counter[str] = Counter()
+        self.prefixes: set[str] = set()
+        self.near = NearDuplicates(GENERATION_NEAR_THRESHOLD)
+
+    def add(self, record: dict) -> None:
+        if record.get("error"):
+            return
+        start = record["completion"].strip().lower()
+        self.n += 1
+        self.tokens += record["completion_tokens"]
+        self.counts["hit_max_tokens"] += record["finish_reason"] == "length"
+        self.counts["banned_opener"] += start.startswith(BANNED_OPENERS)
+        self.counts["empty"] += not start
+        if self.n <= self.sample:
+            self.counts["duplicate_prefix"] += start[:PREFIX_CHARS] in self.prefixes
+            self.prefixes.add(start[:PREFIX_CHARS])
+            self.counts["near_duplicate"] += bool(start) and self.near.add(start)
+
+    def result(self) -> dict:
+        if not self.n:
+            return {"completions": 0}
+        checked = min(self.n, self.sample)
+        shares = {k: round(self.counts[k] / self.n, 4) for k in ("hit_max_tokens", "banned_opener", "empty")}
+        return {
+            "completions": self.n,
+            **shares,
+            "duplicate_prefix": round(self.counts["duplicate_prefix"] / checked, 4),
+            "near_duplicate_share": round(self.counts["near_duplicate"] / checked, 4),
+            "near_duplicate_threshold": GENERATION_NEAR_THRESHOLD,
+            "checked_for_duplicates": checked,
+            "mean_completion_tokens": round(self.tokens / self.n, 1),
+        }
 
 
-def finish_output(output: Path, records: list[dict], stats: RunStats, allow_failed_fraction: float) -> None:
-    """Write the final output atomically, or stop (keeping the journal) when too many prompts failed.
+def quality_stats(records: Iterable[dict], sample: int = 20000) -> dict:
+    meter = QualityMeter(sample)
+    for r in records:
+        meter.add(r)
+    return meter.result()
 
-    The caller removes the journal once the manifest is written too, so no kill loses finished work.
-    """
-    journal = journal_path(output)
+
+def finish_output(
+    output: Path, workdir: Path, stats: RunStats, allow_failed_fraction: float, sample: int = 20000
+) -> tuple[dict, dict]:
+    """Merge the parts into `output` atomically, streaming, or stop (keeping the parts) when too many prompts
+    failed. Returns (token counts, quality stats). Ids repeated across parts are an error (8 bytes per id)."""
     if stats.total and stats.failed / stats.total > allow_failed_fraction:
-        first = next(r["error"] for r in records if r.get("error"))
+        first = next(r["error"] for r in iter_parts(workdir) if r.get("error"))
         raise StageError(
             f"generate: {stats.failed} of {stats.total} prompts failed after the teacher's retries "
-            f"(first error: {first}); the {stats.done} completed are kept in {journal}: re-run the same command "
+            f"(first error: {first}); the {stats.done} completed are kept in {workdir}: re-run the same command "
             "to retry only the failed ones"
         )
-    write_jsonl(output, records)
+    meter, ids = QualityMeter(sample), array("Q")
+    tokens = Counter()
+
+    def records() -> Iterator[dict]:
+        for r in iter_parts(workdir):
+            meter.add(r)
+            ids.append(int(r["id"], 16) if _HEX16.fullmatch(r["id"]) else int(sha256_text(r["id"])[:16], 16))
+            tokens["prompt_tokens"] += r["prompt_tokens"]
+            tokens["completion_tokens"] += r["completion_tokens"]
+            yield r
+
+    with atomic_path(output) as tmp:
+        write_jsonl(tmp, records())
+        unique = np.unique(np.frombuffer(ids, dtype=np.uint64)).size if ids else 0
+        if unique != len(ids):
+            raise StageError(
+                f"generate: {len(ids) - unique} prompt id(s) occur in more than one part of {workdir}; "
+                "give repeated prompts distinct ids"
+            )
+    return dict(tokens), meter.result()

@@ -256,9 +256,19 @@ def bootstrap(
                     "instances": instances,
                     "is_classification": is_cls,
                     "round": round_no,
+                    "text": render(instruction, instances),
                 }
             )
     return new[: cfg.num_instructions], drops
+
+
+def render(instruction: str, instances: list[dict]) -> str:
+    """The training text: the instruction, then each instance's input (when any) and output, in the
+    "Task: / Input: / Output:" layout Self-Instruct finetunes on (sec. 3; the prompts above use it too)."""
+    shown = "".join(
+        (f"Input: {i['input']}\n" if i["input"] else "") + f"Output: {i['output']}\n" for i in instances
+    )
+    return f"Task: {instruction}\n{shown}".rstrip() + "\n"
 
 
 def round_one_prompts(seeds: list[dict], cfg, seed: int) -> list[dict]:

@@ -7,32 +7,36 @@ the recipe orchestration (`pipeline.py`) only call these.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from tqdm import tqdm
+
+from data_pipeline.curation.sources import iter_sources
 from data_pipeline.generation import code_exercises, code_textbook, cosmopedia, orca, self_instruct, topics
-from data_pipeline.generation.runner import (
-    finish_output,
-    journal_path,
-    load_prompts,
-    quality_stats,
-    run_prompts,
-)
+from data_pipeline.generation.diversity import DiversityMeter
+from data_pipeline.generation.runner import finish_output, input_files, parts_dir, run_stream, stream_prompts
+from data_pipeline.generation.seeds import ExtractStore
 from data_pipeline.generation.sources import (
     DEFAULT_CODE_TOPICS,
     DEFAULT_SEED_TASKS,
     DEFAULT_TOPICS,
     read_lines,
 )
+from data_pipeline.generation.space import Space
 from data_pipeline.teachers import Sampling, Teacher, build_teacher
 from recipes import Recipe, to_dict
+from recipes.curation import SourcesConfig
 from stagekit.cli import data_dir
 from stagekit.io import StageError, is_fresh, read_jsonl, read_manifest, write_jsonl, write_manifest
 
-VERSION = "1"
+VERSION = "2"
+PROMPT_NEAR_THRESHOLD = 0.95  # Jaccard on 5-word shingles: templated prompts share their template, not more
 METHODS = ("cosmopedia", "code-textbook", "code-exercises", "self-instruct", "orca")
 TEXTBOOK_METHODS = ("cosmopedia", "code-textbook")
 TeacherFactory = Callable[[], Teacher]
@@ -141,45 +145,83 @@ def _method_source(recipe: Recipe, method: str, inputs: list[Path] | None) -> Pa
     return Path(getattr(method_section(recipe, method), SOURCE_KEYS[method]) or DEFAULT_SOURCES[method])
 
 
+def seed_sources(recipe: Recipe) -> SourcesConfig:
+    corpus = recipe.data.generation.corpus
+    return recipe.data.curation.sources if corpus.use_curation_sources else corpus.sources
+
+
+def build_space(
+    recipe: Recipe, method: str, inputs: list[Path] | None, extracts: ExtractStore
+) -> tuple[Space, Path]:
+    """`method`'s prompt space over its configured sources (corpus extracts go to `extracts`), and its seed file."""
+    gen, cfg = recipe.data.generation, method_section(recipe, method)
+    source = _method_source(recipe, method, inputs)
+    if getattr(cfg, "use_corpus", False):
+        extracts.add_documents(iter_sources(seed_sources(recipe), recipe.seed, Counter()), gen.corpus)
+    if method == "cosmopedia":
+        seeds = cosmopedia.load_seeds(source, extracts)
+        return cosmopedia.space(seeds, extracts, cfg.audiences, cfg.formats, cfg.extract_chars), source
+    if method == "code-textbook":
+        return code_textbook.space(
+            read_lines(source), cfg.audiences, extracts, gen.corpus.extract_chars
+        ), source
+    if method == "code-exercises":
+        return code_exercises.space(read_lines(source)), source
+    return orca.space(orca.load_queries(source), cfg.system_messages), source
+
+
 def prompts_stage(
     recipe: Recipe, method: str, inputs: list[Path] | None, output: Path, *, force: bool = False
 ) -> dict:
-    """Build `method`'s prompt records from its seed file (`inputs`, else the recipe's, else the shipped one)."""
-    cfg = method_section(recipe, method)
+    """Build `method`'s prompt records from its sources, streamed to `output` in the seeded permutation order;
+    the manifest records the capacity and the measured diversity."""
+    gen, cfg = recipe.data.generation, method_section(recipe, method)
+    key = f"data.generation.{method.replace('-', '_')}.num_prompts"
     if method != "self-instruct" and cfg.num_prompts <= 0:
-        key = f"data.generation.{method.replace('-', '_')}.num_prompts"
         raise StageError(f"prompts --method {method}: {key} is 0; set it (e.g. {key}=8 or --num-prompts 8)")
     source = _method_source(recipe, method, inputs)
     params = {"method": method, "section": to_dict(cfg), "seed": recipe.seed}
+    if getattr(cfg, "use_corpus", False):
+        params["corpus"] = {
+            **to_dict(gen.corpus),
+            "sources": to_dict(seed_sources(recipe)),
+            "python": sys.version,
+        }
     if (done := _skip(output, "prompts", params, [source], force)) is not None:
         return done
     started = time.time()
-    if method == "cosmopedia":
-        seeds = cosmopedia.load_seeds(source)
-        records = cosmopedia.build(
-            seeds, cfg.audiences, cfg.formats, cfg.num_prompts, recipe.seed, cfg.extract_chars
-        )
-    elif method == "code-textbook":
-        seeds = read_lines(source)
-        records = code_textbook.build(seeds, cfg.audiences, cfg.num_prompts, recipe.seed)
-    elif method == "code-exercises":
-        seeds = read_lines(source)
-        records = code_exercises.build(seeds, cfg.num_prompts, recipe.seed)
-    elif method == "self-instruct":
+    if method == "self-instruct":
         seeds = self_instruct.load_seed_tasks(source)
-        records = self_instruct.round_one_prompts(seeds, cfg, recipe.seed)
-    else:
-        seeds = orca.load_queries(source)
-        records = orca.build(seeds, cfg.num_prompts, recipe.seed, cfg.system_messages)
-    write_jsonl(output, records)
+        count = write_jsonl(output, self_instruct.round_one_prompts(seeds, cfg, recipe.seed))
+        return write_manifest(
+            output, stage="prompts", version=VERSION, params=params, inputs=[source],
+            counts={"seeds": len(seeds), "prompts": count}, started=started,
+        )  # fmt: skip
+    extracts = ExtractStore()
+    try:
+        space, source = build_space(recipe, method, inputs, extracts)
+        meter = DiversityMeter(PROMPT_NEAR_THRESHOLD, gen.diversity_sample)
+        records = space.take(cfg.num_prompts, recipe.seed, key=key, allow_repeats=cfg.allow_repeats)
+        bar = tqdm(
+            records, total=cfg.num_prompts, desc=f"prompts {method}", unit="prompt", dynamic_ncols=True
+        )
+        write_jsonl(output, (meter.add(r["messages"][-1]["content"]) or r for r in bar))
+    finally:
+        extracts.close()
     return write_manifest(
         output,
         stage="prompts",
         version=VERSION,
         params=params,
         inputs=[source],
-        counts={"seeds": len(seeds), "prompts": len(records)},
+        counts={
+            "capacity": space.size,
+            "extract_seeds": len(extracts),
+            "corpus_documents": extracts.documents,
+        },
+        drops=dict(extracts.drops),
         started=started,
+        extra={"diversity": meter.result("prompts")},
     )
 
 
@@ -195,51 +237,57 @@ def generate_stage(
     force: bool = False,
     teacher: TeacherFactory | None = None,
 ) -> dict:
-    """Run the teacher over prompt JSONL file(s); resumable (see runner). `method` picks its max_new_tokens."""
+    """Run the teacher over prompt JSONL file(s) or shard directories, streamed in parts; resumable (see runner)."""
     gen = recipe.data.generation
     sampling = method_sampling(recipe, method)
     params = {"teacher": _teacher_params(recipe), "sampling": sampling.to_dict()}
-    if (done := _skip(output, "generate", params, inputs, force)) is not None:
+    files = input_files(inputs)
+    if (done := _skip(output, "generate", params, files, force)) is not None:
         return done
-    if force:
-        journal_path(output).unlink(missing_ok=True)
+    workdir = parts_dir(output)
+    if force and workdir.exists():
+        shutil.rmtree(workdir)
     started = time.time()
-    prompts = load_prompts(inputs, sampling)  # bad input fails before the teacher loads
-    with _OwnedTeacher(recipe, teacher) as owned:
-        records, stats = run_prompts(
-            prompts,
-            owned.get(),
-            sampling,
-            batch_size=gen.teacher.batch_size,
-            journal=journal_path(output),
-            desc=f"generate {output.stem}",
-        )
-        name = owned.get().name
+    if gen.inference.runner == "datatrove":
+        from data_pipeline.generation.engine import run_datatrove
+
+        stats, name = run_datatrove(recipe, files, workdir, sampling)
+    else:
+        next(stream_prompts(files, sampling), None)  # bad input fails before the teacher loads
+        with _OwnedTeacher(recipe, teacher) as owned:
+            stats = run_stream(
+                stream_prompts(files, sampling),
+                owned.get(),
+                sampling,
+                workdir,
+                batch_size=gen.teacher.batch_size,
+                chunk_size=gen.chunk_size,
+                desc=f"generate {output.stem}",
+            )
+            name = owned.get().name
     print(f"generate {output}: {stats.summary()}", file=sys.stderr)
-    finish_output(output, records, stats, gen.allow_failed_fraction)
+    tokens, quality = finish_output(output, workdir, stats, gen.allow_failed_fraction, gen.diversity_sample)
     seconds = max(stats.seconds, 1e-9)
     manifest = write_manifest(
         output,
         stage="generate",
         version=VERSION,
         params=params,
-        inputs=inputs,
+        inputs=files,
         counts={
             "prompts": stats.total,
             "done": stats.done,
             "failed": stats.failed,
             "retried": stats.retried,
             "resumed": stats.resumed,
-            "prompt_tokens": sum(
-                r["prompt_tokens"] for r in records
-            ),  # the whole output, resumed part included
-            "completion_tokens": sum(r["completion_tokens"] for r in records),
+            **tokens,  # the whole output, resumed part included
         },
         drops={"failed": stats.failed},
         started=started,
         extra={
             "teacher": name,
-            "quality": quality_stats(records),
+            "engine": gen.inference.runner,
+            "quality": quality,
             "throughput": {  # this run only
                 "prompts_per_s": round((stats.total - stats.resumed) / seconds, 3),
                 "tokens_per_s": round(stats.completion_tokens / seconds, 2),
@@ -247,15 +295,23 @@ def generate_stage(
             },
         },
     )
-    journal_path(output).unlink(missing_ok=True)
+    shutil.rmtree(workdir)
     return manifest
 
 
 # --- collection stages ------------------------------------------------------------------------------------------
 
 
-def _read_all(inputs: list[Path]) -> list[dict]:
-    return [r for path in inputs for r in read_jsonl(path, required=("id", "completion"))]
+def _stream(inputs: list[Path], counts: Counter) -> Iterator[dict]:
+    """Generation records of every input file or shard directory, counted as they pass."""
+    for path in input_files(inputs):
+        for r in read_jsonl(path, required=("id", "completion")):
+            counts["in"] += 1
+            yield r
+
+
+def _collect(output: Path, records: Iterator[dict], counts: Counter) -> None:
+    counts["out"] = write_jsonl(output, records)
 
 
 def textbooks_stage(recipe: Recipe, inputs: list[Path], output: Path, *, force: bool = False) -> dict:
@@ -264,26 +320,38 @@ def textbooks_stage(recipe: Recipe, inputs: list[Path], output: Path, *, force: 
     params = {"min_text_chars": min_chars}
     if (done := _skip(output, "textbooks", params, inputs, force)) is not None:
         return done
-    started, generations = time.time(), _read_all(inputs)
-    kept, drops = [], {"generation_error": 0, "too_short": 0}
-    meta = ("method", "topic", "audience", "format", "seed_kind", "teacher", "finish_reason")
-    for r in generations:
-        text = r["completion"].strip()
-        if r.get("error"):
-            drops["generation_error"] += 1
-        elif len(text) < min_chars:
-            drops["too_short"] += 1
-        else:
-            kept.append({"id": r["id"], "text": text, **{k: r[k] for k in meta if k in r}})
-    write_jsonl(output, kept)
+    started, counts, drops = time.time(), Counter(), Counter(generation_error=0, too_short=0)
+    meta = (
+        "method",
+        "topic",
+        "audience",
+        "format",
+        "level",
+        "style",
+        "seed_kind",
+        "teacher",
+        "finish_reason",
+    )
+
+    def kept() -> Iterator[dict]:
+        for r in _stream(inputs, counts):
+            text = r["completion"].strip()
+            if r.get("error"):
+                drops["generation_error"] += 1
+            elif len(text) < min_chars:
+                drops["too_short"] += 1
+            else:
+                yield {"id": r["id"], "text": text, **{k: r[k] for k in meta if k in r}}
+
+    _collect(output, kept(), counts)
     return write_manifest(
         output,
         stage="textbooks",
         version=VERSION,
         params=params,
         inputs=inputs,
-        counts={"in": len(generations), "out": len(kept)},
-        drops=drops,
+        counts=dict(counts),
+        drops=dict(drops),
         started=started,
     )
 
@@ -293,16 +361,15 @@ def exercises_stage(recipe: Recipe, inputs: list[Path], output: Path, *, force: 
     params = {"parser": "ast"}
     if (done := _skip(output, "exercises", params, inputs, force)) is not None:
         return done
-    started, generations = time.time(), _read_all(inputs)
-    kept, drops = code_exercises.parse_generations(generations)
-    write_jsonl(output, kept)
+    started, counts, drops = time.time(), Counter(), Counter()
+    _collect(output, code_exercises.parse_generations(_stream(inputs, counts), drops), counts)
     return write_manifest(
         output,
         stage="exercises",
         version=VERSION,
         params=params,
         inputs=inputs,
-        counts={"in": len(generations), "out": len(kept)},
+        counts=dict(counts),
         drops=dict(drops),
         started=started,
     )
@@ -312,21 +379,24 @@ def orca_records_stage(recipe: Recipe, inputs: list[Path], output: Path, *, forc
     """Orca generations -> (system, user, response) records for explanation tuning."""
     if (done := _skip(output, "orca-records", {}, inputs, force)) is not None:
         return done
-    started, generations = time.time(), _read_all(inputs)
-    missing = next((r["id"] for r in generations if "system" not in r or "user" not in r), None)
-    if missing is not None:
-        raise StageError(
-            f"orca-records: generation {missing} has no system/user fields (not built by prompts --method orca)"
-        )
-    kept, drops = orca.explanation_records(generations)
-    write_jsonl(output, kept)
+    started, counts, drops = time.time(), Counter(), Counter()
+
+    def checked() -> Iterator[dict]:
+        for r in _stream(inputs, counts):
+            if "system" not in r or "user" not in r:
+                raise StageError(
+                    f"orca-records: generation {r['id']} has no system/user fields (not built by prompts --method orca)"
+                )
+            yield r
+
+    _collect(output, orca.explanation_records(checked(), drops), counts)
     return write_manifest(
         output,
         stage="orca-records",
         version=VERSION,
         params={},
         inputs=inputs,
-        counts={"in": len(generations), "out": len(kept)},
+        counts=dict(counts),
         drops=dict(drops),
         started=started,
     )

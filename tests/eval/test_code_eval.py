@@ -55,25 +55,27 @@ def test_mbpp_problems_follow_the_sanitized_split(benchmarks_dir):
     assert all(t in problems[0]["test"] for t in first["test_list"])
 
 
+# Mbpp/123's reference (amicable numbers below 9999 by trial division) needs ~17 s of CPU even in a plain `exec`
+# on this machine, beyond any per-program timeout; it is the one reference left out.
+TOO_SLOW = {"Mbpp/123"}
+
+
+@pytest.mark.slow
 def test_mbpp_reference_solutions_pass(tmp_path, benchmarks_dir):
-    """The reference code of the first 40 sanitized problems passes its own tests in the sandbox."""
-    problems = mbpp_problems(benchmarks_dir, limit=40)
+    """Every sanitized MBPP reference solution passes its own asserts in the sandbox, and a wrong body
+    (a function returning None) fails every problem, in the same file."""
+    problems = [p for p in mbpp_problems(benchmarks_dir) if p["task_id"] not in TOO_SLOW]
     samples = tmp_path / "refs.jsonl"
-    samples.write_text(
-        "".join(
-            json.dumps({"task_id": p["task_id"], "completion": p["canonical_solution"]}) + "\n"
-            for p in problems
-        )
-    )
-    manifest = evaluate_code(
-        "mbpp",
-        CodeBenchmark(limit=40, timeout=10.0),
-        tmp_path / "mbpp.json",
-        samples=samples,
-        benchmarks_dir=benchmarks_dir,
-    )
-    assert manifest["metrics"]["samples"]["pass@1"] == 1.0
-    assert manifest["counts"]["problems"] == 40
+    samples.write_text("".join(
+        json.dumps({"task_id": p["task_id"], "completion": completion, "run": run}) + "\n"
+        for p in problems
+        for run, completion in (("reference", p["canonical_solution"]),
+                                ("wrong", f"def {p['entry_point']}(*args, **kwargs):\n    return None\n"))
+    ))  # fmt: skip
+    manifest = evaluate_code("mbpp", CodeBenchmark(timeout=10.0), tmp_path / "mbpp.json", samples=samples,
+                             benchmarks_dir=benchmarks_dir)  # fmt: skip
+    assert manifest["metrics"] == {"reference": {"pass@1": 1.0}, "wrong": {"pass@1": 0.0}}
+    assert manifest["counts"]["problems"] == 256
 
 
 def test_missing_benchmark_directory_says_how_to_fix(tmp_path):

@@ -185,3 +185,63 @@ def test_missing_benchmark_dir_or_file_says_which_and_how(tmp_path, tiny_model):
         evaluate_lm(
             tiny_model, [LmEvalTask("arc_easy", 0, 1)], tmp_path / "out", benchmarks_dir=tmp_path / "bench"
         )
+
+
+class Recorder(LM):
+    """An lm-eval LM that keeps the context of every request, per (task, document): what a model would see."""
+
+    def __init__(self):
+        super().__init__()
+        self.contexts: dict[tuple[str, int], str] = {}
+
+    def loglikelihood(self, requests):
+        for r in requests:
+            self.contexts.setdefault((r.task_name, r.doc_id), r.args[0])
+        return [(0.0, False)] * len(requests)
+
+    def loglikelihood_rolling(self, requests):
+        raise NotImplementedError
+
+    def generate_until(self, requests):
+        raise NotImplementedError
+
+
+@pytest.mark.slow
+def test_mmlu_5shot_prompt_equals_lm_eval_stock_task(tmp_path, tiny_model, benchmarks_dir):
+    """One rendered 5-shot MMLU prompt, through our runner and generated task, equals what lm-eval's own
+    stock `mmlu_anatomy` task renders when pointed at the same local rows (HF `json` builder, no code of ours)."""
+    import lm_eval.tasks
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    ours = Recorder()
+    evaluate_lm(tiny_model, [LmEvalTask("mmlu", 5, 1)], tmp_path / "out", benchmarks_dir=benchmarks_dir,
+                lm=ours, label="recorder")  # fmt: skip
+
+    stock_dir = tmp_path / "stock"
+    stock_dir.mkdir()
+    files = {}
+    for split in ("test", "dev"):
+        rows = (benchmarks_dir / "mmlu" / f"{split}.jsonl").read_text().split("\n")  # JSON may hold U+2028
+        files[split] = stock_dir / f"anatomy_{split}.jsonl"
+        files[split].write_text(
+            "".join(r + "\n" for r in rows if r and json.loads(r)["subject"] == "anatomy")
+        )
+    stock_yaml = Path(lm_eval.tasks.__file__).parent / "mmlu/default/mmlu_anatomy.yaml"
+    (stock_dir / "stock_anatomy.yaml").write_text(yaml.safe_dump({
+        "include": str(stock_yaml), "task": "stock_mmlu_anatomy", "dataset_path": "json", "dataset_name": None,
+        "dataset_kwargs": {"data_files": {split: str(path) for split, path in files.items()}},
+    }))  # fmt: skip
+    theirs = Recorder()
+    simple_evaluate(model=theirs, tasks=["stock_mmlu_anatomy"], num_fewshot=5, limit=1,
+                    task_manager=TaskManager(include_path=str(stock_dir), include_defaults=False))  # fmt: skip
+
+    prompt = ours.contexts[("mmlu_anatomy", 0)]
+    assert prompt == theirs.contexts[("stock_mmlu_anatomy", 0)]
+    dev = [json.loads(line) for line in files["dev"].read_text().split("\n") if line]
+    first_test = json.loads(files["test"].read_text().split("\n")[0])
+    assert prompt.count("\nAnswer:") == 6  # five solved dev examples, then the question
+    assert (
+        all(row["question"].strip() in prompt for row in dev[:5]) and first_test["question"].strip() in prompt
+    )
+    assert len([k for k in ours.contexts if k[0].startswith("mmlu_")]) == 57  # one document per subject

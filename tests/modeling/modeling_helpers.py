@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from modeling import ModelConfig, Transformer
-from modeling.model import hf_name
+from modeling.model import to_hf_state
 
 
 def small_config(**overrides) -> ModelConfig:
@@ -24,9 +24,14 @@ def small_config(**overrides) -> ModelConfig:
     return ModelConfig(**{**fields, **overrides})
 
 
-def hf_twin(model: Transformer) -> LlamaForCausalLM:
-    """transformers' LlamaForCausalLM holding exactly our weights (the reference implementation)."""
-    reference = LlamaForCausalLM(LlamaConfig(**model.config.to_hf_config())).to(model.embed.weight.dtype)
-    state = {hf_name(k): v for k, v in model.state_dict().items()}
-    reference.load_state_dict(state, strict=True)
+# The Phi-1 block (parallel, LayerNorm, GELU, biases) at small_config's size: 16-dim heads, 8 of them rotated.
+PHI = dict(parallel_block=True, mlp="gelu", norm="layernorm", bias=True, rotary_dim=8, intermediate_size=256)
+
+
+def hf_twin(model: Transformer) -> PreTrainedModel:
+    """transformers' LlamaForCausalLM or PhiForCausalLM holding exactly our weights (the reference)."""
+    config = model.config.to_hf_config()
+    hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
+    reference = AutoModelForCausalLM.from_config(hf_config).to(model.embed.weight.dtype)
+    reference.load_state_dict(to_hf_state(model.state_dict(), model.config), strict=True)
     return reference.eval()

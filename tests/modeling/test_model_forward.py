@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 import torch
-from modeling_helpers import hf_twin, small_config
+from modeling_helpers import PHI, hf_twin, small_config
 
 from modeling import Transformer
 from modeling.model import cu_seqlens, document_ids, select_backend
@@ -16,7 +16,20 @@ CONFIGS = {
     "gqa-untied": dict(num_kv_heads=1, tie_word_embeddings=False),
     "mha-untied": dict(num_kv_heads=4, tie_word_embeddings=False),
     "mha-tied-3layers": dict(num_kv_heads=4, tie_word_embeddings=True, num_layers=3, rope_theta=10000.0),
+    "phi-partial-rotary": dict(PHI, num_kv_heads=4),
+    "phi-full-rotary-gqa": dict(PHI, rotary_dim=16),
+    "phi-tied-dropout-configured": dict(PHI, tie_word_embeddings=True, attn_dropout=0.1, resid_dropout=0.1),
 }
+
+
+def randomize_norms_and_biases(model: Transformer) -> None:
+    """init_weights sets norms to 1 and biases to 0; random values make a misplaced one show in the logits."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+            elif "norm" in name:
+                p.normal_(1.0, 0.1)
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "reference"])
@@ -24,7 +37,9 @@ CONFIGS = {
 def test_logits_match_transformers_llama(name, backend):
     torch.manual_seed(0)
     model = Transformer(small_config(attention=backend, **CONFIGS[name])).eval()
+    randomize_norms_and_biases(model)
     reference = hf_twin(model)
+    assert type(reference).__name__ == ("PhiForCausalLM" if name.startswith("phi") else "LlamaForCausalLM")
     for seq_len in (1, 7, 33):
         ids = torch.randint(0, 97, (3, seq_len))
         with torch.no_grad():
@@ -38,11 +53,12 @@ def test_tied_head_is_the_embedding():
     assert sum(p.numel() for p in model.parameters()) == model.config.num_params()
 
 
+@pytest.mark.parametrize("block", ["llama", "phi"])
 @pytest.mark.parametrize("backend", ["sdpa", "reference"])
-def test_packed_documents_equal_separate_forwards(backend):
+def test_packed_documents_equal_separate_forwards(backend, block):
     """A packed row (position_ids restarting at 0) gives each document the logits it gets alone."""
     torch.manual_seed(1)
-    model = Transformer(small_config(attention=backend)).eval()
+    model = Transformer(small_config(attention=backend, **(PHI if block == "phi" else {}))).eval()
     splits = [[5, 1, 11], [17], [9, 8]]  # three rows of 17 tokens
     ids = torch.randint(0, 97, (3, 17))
     position_ids = torch.cat([torch.cat([torch.arange(n) for n in row])[None] for row in splits])
@@ -141,10 +157,12 @@ def test_init_scales_residual_projections():
     config = small_config(hidden_size=256, intermediate_size=512, num_layers=8, init_std=0.02)
     model = Transformer(config)
     std = lambda p: p.detach().std().item()  # noqa: E731
-    assert std(model.layers[0].attn.q_proj.weight) == pytest.approx(0.02, rel=0.05)
-    assert std(model.layers[0].attn.o_proj.weight) == pytest.approx(0.02 / 4, rel=0.05)
-    assert std(model.layers[0].mlp.down_proj.weight) == pytest.approx(0.02 / 4, rel=0.05)
+    assert std(model.layers[0].attn.qkv_proj.weight) == pytest.approx(0.02, rel=0.05)
+    assert std(model.layers[0].attn.out_proj.weight) == pytest.approx(0.02 / 4, rel=0.05)
+    assert std(model.layers[0].mlp.out_proj.weight) == pytest.approx(0.02 / 4, rel=0.05)
     assert torch.equal(model.layers[0].attn_norm.weight, torch.ones(256))
+    phi = Transformer(small_config(**PHI))
+    assert all(p.abs().max() == 0 for n, p in phi.named_parameters() if n.endswith("bias"))
 
 
 def test_meta_then_materialize():
@@ -155,5 +173,41 @@ def test_meta_then_materialize():
     model.to_empty(device="cpu")
     model.init_weights()
     assert model.lm_head.weight is model.embed.weight
-    logits = model(torch.randint(0, 97, (1, 6)))
-    assert torch.isfinite(logits).all()
+    eager = Transformer(config)
+    assert torch.equal(model.rope_cos, eager.rope_cos) and torch.equal(model.rope_sin, eager.rope_sin)
+    model.load_state_dict(eager.state_dict())
+    ids = torch.randint(0, 97, (1, 6))
+    assert torch.equal(model(ids), eager(ids))
+
+
+def test_rope_table_equals_computed_angles():
+    """Default positions read the cached table; packed positions compute cos/sin: both give the same logits,
+    also past max_seq_len (computed) and after a bf16 round trip of the model (the table is then bypassed)."""
+    torch.manual_seed(6)
+    model = Transformer(small_config(max_seq_len=16)).eval()
+    ids = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(model(ids), model(ids, torch.arange(16).expand(2, 16)), atol=1e-6)
+        longer = torch.randint(0, 97, (1, 24))  # beyond the table: computed, and equal to transformers
+        assert torch.allclose(model(longer), hf_twin(model)(longer).logits, atol=1e-4)
+        model.to(torch.bfloat16).to(torch.float32)
+        assert model.rope_cos.dtype == torch.float32
+        assert torch.isfinite(model(ids)).all()
+
+
+@pytest.mark.parametrize("block", ["llama", "phi"])
+def test_dropout_only_in_training(block):
+    torch.manual_seed(7)
+    extra = dict(PHI if block == "phi" else {}, attn_dropout=0.2, resid_dropout=0.2, embed_dropout=0.2)
+    model = Transformer(small_config(**extra))
+    ids = torch.randint(0, 97, (2, 10))
+    with torch.no_grad():
+        assert not torch.allclose(model.train()(ids), model.eval()(ids))
+        assert torch.equal(model.eval()(ids), model(ids))
+        model.train()
+        for attention in ("sdpa", "reference"):  # every backend applies attention dropout
+            model.config.attention = attention
+            torch.manual_seed(0)
+            a = model(ids, torch.arange(10).expand(2, 10))
+            assert not torch.allclose(a, model.eval()(ids)) and torch.isfinite(a).all()
+            model.train()

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
-from modeling_helpers import small_config
+from modeling_helpers import PHI, small_config
 
 from modeling import Transformer
-from modeling.model import KVCache
+from modeling.model import KVCache, StopStrings
 
 PROMPTS = [[5, 17, 3, 88, 42, 9, 1], [64], [23, 23, 7, 50]]  # different lengths: rows 2 and 3 get left pads
 
 
-@pytest.fixture(scope="module", params=["sdpa", "reference"])
+@pytest.fixture(
+    scope="module", params=[("sdpa", "llama"), ("reference", "llama"), ("sdpa", "phi"), ("reference", "phi")]
+)
 def model(request) -> Transformer:
     # float64 so greedy argmax never flips on rounding noise between differently shaped computations.
+    backend, block = request.param
     torch.manual_seed(0)
-    return Transformer(small_config(attention=request.param, init_std=0.1)).double().eval()
+    extra = dict(PHI, attn_dropout=0.1, resid_dropout=0.1) if block == "phi" else {}  # eval: dropout off
+    return Transformer(small_config(attention=backend, init_std=0.1, **extra)).double().eval()
 
 
 def greedy_without_cache(model: Transformer, prompt: list[int], n: int) -> list[int]:
@@ -75,3 +81,46 @@ def test_generate_argument_errors(model):
         model.generate([[1], []], 4)
     with pytest.raises(ValueError, match="top_p"):
         model.generate(PROMPTS, 4, temperature=1.0, top_p=0.0)
+
+
+class CharTokenizer:
+    """Decodes token i as chr(ord('a') + i % 26), except that a sequence's first token loses a leading
+    space (as sentencepiece tokenizers do): token 26 is ' '."""
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(" " if i == 26 else chr(ord("a") + i % 26) for i in ids).removeprefix(" ")
+
+
+def first_stop(tokens: list[int], stops: list[str], tokenizer) -> int | None:
+    """The pre-change, quadratic rule: the first n whose decoded tokens[:n] contain a stop string."""
+    return next(
+        (n for n in range(1, len(tokens) + 1) if any(s in tokenizer.decode(tokens[:n]) for s in stops)), None
+    )
+
+
+def test_stop_string_window_equals_full_decode():
+    """StopStrings decodes only a window, yet stops exactly where decoding the whole continuation first shows a
+    stop string, also for stops beginning with the space the tokenizer drops from a first token."""
+    tokenizer, rng = CharTokenizer(), random.Random(0)
+    checked = 0
+    for _ in range(300):
+        tokens = [rng.choice([26, 26, *range(26)]) for _ in range(rng.randint(4, 30))]
+        text = tokenizer.decode(tokens)
+        i = rng.randrange(len(text) - 2)
+        stops = [text[i : i + rng.randint(1, 4)], " " + tokenizer.decode(tokens[-2:])]
+        stopper = StopStrings(stops, tokenizer)
+        windowed = next((n for n in range(1, len(tokens) + 1) if stopper.hit(tokens[:n])), None)
+        assert windowed == first_stop(tokens, stops, tokenizer), (tokens, stops)
+        checked += windowed is not None
+    assert checked > 250  # most draws do stop
+
+
+def test_generate_stops_on_the_stop_string_token(model):
+    tokenizer = CharTokenizer()
+    free = model.generate(PROMPTS, 16)
+    stops = [tokenizer.decode(free[0][5:8])]
+    got = model.generate(PROMPTS, 16, stop_strings=stops, tokenizer=tokenizer)
+    for row, out in zip(free, got):
+        n = first_stop(row, stops, tokenizer)
+        assert out == (row if n is None else row[:n])
+    assert len(got[0]) <= 8

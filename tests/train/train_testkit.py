@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from stagekit.shards import ShardWriter
+from stagekit.shards import ShardReader, ShardWriter
 
 REPO = Path(__file__).resolve().parents[2]
 EOT = "<|endoftext|>"
@@ -77,6 +77,28 @@ def build_data(root: Path) -> Path:
                 writer.add_document(tokenizer(doc)["input_ids"], source="stdlib")
             writer.close()
     return root
+
+
+def prompt_length(num_tokens: int) -> int:
+    """The prompt part of a test document: its first third (the rest is the 'completion')."""
+    return num_tokens // 3
+
+
+def write_prompted_shards(data: Path, out: Path) -> Path:
+    """out/{train,val}: the finetune documents of `data` again, each with its first third marked as prompt."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(data / "tokenizer")
+    for split in ("train", "val"):
+        reader = ShardReader(data / "shards" / "finetune" / split)
+        writer = ShardWriter(
+            out / split, vocab_size=len(tokenizer), eot_id=reader.eot_id, shard_tokens=20_000
+        )
+        for i in range(reader.num_documents):
+            ids = reader.document(i)
+            writer.add_document(ids, source="stdlib", prompt_tokens=prompt_length(ids.size))
+        writer.close()
+    return out
 
 
 def recipe_dict(run_dir: Path, **train: dict) -> dict:

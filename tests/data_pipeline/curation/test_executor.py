@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
 import pytest
 from curation_helpers import STDLIB, write_records
 
 from data_pipeline.curation.dedup import run_dedup
+from data_pipeline.curation.executor import byte_range, read_jsonl_range
 from data_pipeline.curation.heuristics import run_heuristics
 from data_pipeline.curation.mixture import run_shards
 from data_pipeline.curation.tokenizer import run_tokenizer
 from recipes.curation import MixtureComponent
-from stagekit.io import sha256_file
+from stagekit.io import StageError, read_jsonl, sha256_file
 
 LOCAL = (
     "data.curation.executor.kind=local",
@@ -51,3 +61,73 @@ def test_local_executor_matches_inline(make_recipe, tmp_path):
     parts = sorted((tmp_path / "local" / "_datatrove" / "dedup" / "parts").glob("*.jsonl"))
     assert [p.name for p in parts] == ["00000.jsonl", "00001.jsonl", "00002.jsonl"]
     assert len(list((tmp_path / "local" / "_datatrove" / "dedup" / "logs" / "completions").iterdir())) == 3
+
+
+def test_byte_ranges_split_the_file_into_whole_lines(tmp_path):
+    records = [{"id": str(i), "text": "x" * (i * 37 % 101)} for i in range(23)]
+    path = write_records(tmp_path / "in.jsonl", records)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n")  # a blank line is skipped as read_jsonl skips it
+    for world in (1, 2, 3, 7, 23, 40):
+        shares = [list(read_jsonl_range(path, *byte_range(path, r, world), ())) for r in range(world)]
+        assert [r for share in shares for r in share] == list(read_jsonl(path))
+        if world <= 7:
+            assert all(shares)  # every task has work when there are enough lines
+
+
+def test_bad_line_in_a_task_range_names_the_file_and_line(tmp_path):
+    path = write_records(tmp_path / "in.jsonl", [{"id": str(i), "text": "t"} for i in range(6)])
+    lines = path.read_text().splitlines()
+    lines[4] = '{"id": "4"}'
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(StageError, match=r"in\.jsonl:5: record lacks required field\(s\) text"):
+        list(read_jsonl_range(path, *byte_range(path, 1, 2), ("text",)))
+
+
+KILL_SCRIPT = """
+import json, sys
+from pathlib import Path
+from curation_helpers import KillableWorker
+from data_pipeline.curation.executor import map_documents
+from recipes.curation import ExecutorConfig
+
+src, work, out = map(Path, sys.argv[1:4])
+if __name__ == "__main__":
+    executor = ExecutorConfig(kind="local", tasks=3, workers=1)
+    pairs = map_documents(src, KillableWorker(str(work), "r10"), executor, work_dir=work / "dt", batch_size=2)
+    out.write_text(json.dumps([[r["id"], n] for r, n in pairs]))
+"""
+
+
+def test_killed_task_reruns_alone_without_losing_or_duplicating(tmp_path):
+    records = [{"id": f"r{i}", "text": "y" * (i + 1)} for i in range(15)]
+    src = write_records(tmp_path / "in.jsonl", records)
+    script = tmp_path / "run.py"
+    script.write_text(KILL_SCRIPT)
+    (tmp_path / "kill").touch()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(Path.cwd())])}
+    cmd = [sys.executable, str(script), str(src), str(tmp_path), str(tmp_path / "out.json")]
+
+    def run() -> int:
+        # Own session: the SIGKILLed driver leaves datatrove's manager process behind; end that group too.
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        code = proc.wait(timeout=300)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return code
+
+    assert run() == -signal.SIGKILL and not (tmp_path / "out.json").exists()
+    assert run() == 0
+    # Reference: the worker's result computed directly, every record once, in input order.
+    assert json.loads((tmp_path / "out.json").read_text()) == [[r["id"], len(r["text"])] for r in records]
+    processed = Counter((tmp_path / "processed.txt").read_text().split())
+    ranges = [byte_range(src, rank, 3) for rank in range(3)]
+    owner = {r["id"]: k for k, rng in enumerate(ranges) for r in read_jsonl_range(src, *rng, ())}
+    killed = owner["r10"]
+    assert 0 < killed < 2  # a task finished before the kill and one had not started
+    # Finished tasks were not redone; the killed one ran again from its start; every record ran.
+    redone = {i for i, k in owner.items() if k == killed and int(i[1:]) <= 10}
+    assert {i for i, n in processed.items() if n > 1} == redone and set(processed) == set(owner)
+    assert not list((tmp_path / "dt" / "parts").glob(".*.tmp"))
