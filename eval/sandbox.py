@@ -55,7 +55,7 @@ class Abort(BaseException):
 class Child:
     """One sandboxed interpreter, spoken to over two pipes with a deadline on every exchange."""
 
-    def __init__(self, workdir: Path, job: Job, limits: Limits):
+    def __init__(self, workdir: Path, timeout: float):
         request_r, self.request = os.pipe()
         self.response, response_w = os.pipe()
         env = {"PATH": os.defpath, "LANG": "C.UTF-8", "HOME": str(workdir), "TMPDIR": str(workdir)}
@@ -66,30 +66,25 @@ class Child:
         )  # fmt: skip
         os.close(request_r)
         os.close(response_w)
-        self.deadline = time.monotonic() + limits.timeout + GRACE_SECONDS
+        # poll, not select: the evaluator may hold more than FD_SETSIZE descriptors
+        self.readable, self.writable = select.poll(), select.poll()
+        self.readable.register(self.response, select.POLLIN)
+        self.writable.register(self.request, select.POLLOUT)
+        self.deadline = time.monotonic() + timeout + GRACE_SECONDS
         self.calls = 0
-        self.send({
-            "workdir": str(workdir), "layers": list(limits.layers), "memory_bytes": limits.memory_mb << 20,
-            "cpu_seconds": int(limits.timeout) + 2, "file_bytes": limits.file_mb << 20,
-            "program": job.problem["prompt"] + job.completion, "entry_point": job.problem["entry_point"],
-        })  # fmt: skip
 
-    def _wait(self, for_write: bool) -> None:
-        remaining = max(self.deadline - time.monotonic(), 0)
-        if for_write:
-            ready = select.select([], [self.request], [], remaining)[1]
-        else:
-            ready = select.select([self.response], [], [], remaining)[0]
-        if not ready:
+    def _wait(self, poller: select.poll) -> None:
+        """Until the pipe is ready (or hung up: the read or write that follows says so) or time is up."""
+        if not poller.poll(max(self.deadline - time.monotonic(), 0) * 1000):
             raise Abort("timed out")
 
     def _read(self, n: int) -> bytes:
         data = b""
         while len(data) < n:
-            self._wait(for_write=False)
+            self._wait(self.readable)
             chunk = os.read(self.response, n - len(data))
             if not chunk:
-                raise Abort(f"failed: the program ended (exit status {self.proc.poll()})")
+                raise Abort("failed: the program ended (or closed its end of the pipe)")
             data += chunk
         return data
 
@@ -97,10 +92,10 @@ class Child:
         data = memoryview(frame(message))
         try:
             while data:
-                self._wait(for_write=True)
+                self._wait(self.writable)
                 data = data[os.write(self.request, data) :]
         except BrokenPipeError:
-            raise Abort(f"failed: the program ended (exit status {self.proc.poll()})") from None
+            raise Abort("failed: the program ended (or closed its end of the pipe)") from None
 
     def receive(self) -> dict:
         try:
@@ -108,12 +103,18 @@ class Child:
         except (ValueError, UnicodeDecodeError) as e:
             raise Abort(f"failed: protocol error from the sandbox ({e})") from None
 
-    def start(self, timeout: float) -> dict:
-        """The layers that held (sent before any model code ran), then the program's load; starts the clock."""
+    def start(self, workdir: Path, job: Job, limits: Limits) -> dict:
+        """Send the job; returns the layers that held (reported before any model code ran) once the program
+        has loaded. The test clock starts at that report."""
+        self.send({
+            "workdir": str(workdir), "layers": list(limits.layers), "memory_bytes": limits.memory_mb << 20,
+            "cpu_seconds": int(limits.timeout) + 2, "file_bytes": limits.file_mb << 20,
+            "program": job.problem["prompt"] + job.completion, "entry_point": job.problem["entry_point"],
+        })  # fmt: skip
         hello = self.receive()
         if set(hello) != {"hello"} or type(hello["hello"]) is not dict:
             raise Abort("failed: the sandbox did not start")
-        self.deadline = time.monotonic() + timeout
+        self.deadline = time.monotonic() + limits.timeout
         loaded = self.receive()
         if "load_error" in loaded:
             raise Abort("failed: " + ": ".join(map(str, loaded["load_error"])))
@@ -150,7 +151,10 @@ def remote_error(error) -> Exception:
     name, message = (error + ["", ""])[:2] if isinstance(error, list) else ("Error", "")
     kind = getattr(builtins, str(name), None)
     if isinstance(kind, type) and issubclass(kind, Exception):
-        return kind(str(message))
+        try:
+            return kind(str(message))
+        except TypeError:  # e.g. UnicodeDecodeError wants five arguments
+            pass
     return RuntimeError(f"{name}: {message}")
 
 
@@ -159,10 +163,9 @@ def run_one(job: Job, limits: Limits) -> dict:
     root = Path(tempfile.mkdtemp(prefix="textbooks-sandbox-"))
     workdir = root / "work"
     workdir.mkdir()
-    child, layers = None, {}
+    child, layers = Child(workdir, limits.timeout), {}
     try:
-        child = Child(workdir, job, limits)
-        layers = child.start(limits.timeout)
+        layers = child.start(workdir, job, limits)
         # The trusted side: the problem's prompt (for helpers the test uses, e.g. HumanEval/38's encode_cyclic)
         # and its test, with the entry point bound to the child.
         namespace: dict = {"__name__": "__check__"}
@@ -176,8 +179,7 @@ def run_one(job: Job, limits: Limits) -> dict:
     except Exception as e:
         result = f"failed: {type(e).__name__}: {e}" if str(e) else f"failed: {type(e).__name__}"
     finally:
-        if child is not None:
-            child.kill()
+        child.kill()
         shutil.rmtree(root, ignore_errors=True)
     return {"passed": result == "passed", "result": result, "layers": layers}
 

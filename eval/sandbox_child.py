@@ -115,6 +115,9 @@ def set_limits(memory_bytes: int, cpu_seconds: int, file_bytes: int) -> None:
 
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 CLONE_THREAD = 0x00010000
+CLONE_NEW_NAMESPACES = (
+    0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+)
 TIOCSTI = 0x5412  # ioctl pushing bytes into a terminal's input queue
 X32_SYSCALL_BIT = 0x40000000
 # Per machine: (AUDIT_ARCH, {name: syscall number}) refused with EPERM. clone, clone3 and ioctl are handled
@@ -156,13 +159,8 @@ def seccomp_program(audit_arch: int, deny: dict, special: dict, refusal: int) ->
     """Classic BPF over struct seccomp_data {int nr; u32 arch; u64 ip; u64 args[6]} (little-endian).
 
     Written with labels; `assemble` turns them into the relative jumps BPF wants."""
-    ld, jeq, jge, jset, ret = (
-        0x20,
-        0x15,
-        0x35,
-        0x45,
-        0x06,
-    )  # BPF_LD|W|ABS, JMP|JEQ|K, JMP|JGE|K, JMP|JSET|K, RET|K
+    # BPF_LD|W|ABS, BPF_JMP|JEQ|K, JMP|JGE|K, JMP|JSET|K, BPF_RET|K
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     code = [
         (ld, 0, 0, 4), (jeq, 0, "refuse", audit_arch),  # another ABI (e.g. i386 on x86-64): refuse all
         (ld, 0, 0, 0), (jge, "refuse", 0, X32_SYSCALL_BIT),  # x32 numbers on x86-64: refuse all
@@ -170,7 +168,8 @@ def seccomp_program(audit_arch: int, deny: dict, special: dict, refusal: int) ->
         (jeq, "enosys", 0, special["clone3"]),  # flags live in memory BPF cannot read; libc falls back to clone
         (jeq, "clone", 0, special["clone"]),
         (jeq, "ioctl", "allow", special["ioctl"]),
-        ("clone", ld, 0, 0, 16), (jset, "allow", "refuse", CLONE_THREAD),  # args[0]: a thread of this process
+        ("clone", ld, 0, 0, 16), (jset, "refuse", 0, CLONE_NEW_NAMESPACES),  # args[0], the flags:
+        (jset, "allow", "refuse", CLONE_THREAD),  # no new namespace, and a thread of this process
         ("ioctl", ld, 0, 0, 24), (jeq, "refuse", "allow", TIOCSTI),  # args[1]: faking terminal input
         ("allow", ret, 0, 0, 0x7FFF0000),  # SECCOMP_RET_ALLOW
         ("refuse", ret, 0, 0, 0x00050000 | refusal),  # SECCOMP_RET_ERRNO

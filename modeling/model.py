@@ -86,8 +86,9 @@ class Layout:
     """Per-forward attention structure, built once (outside any compiled region) and shared by all layers."""
 
     backend: str
-    # [B, 1, groups * T, S] bool, True = may attend, with each kv head's query heads stacked as extra rows
-    # (see Attention); None = plain causal.
+    # [B, 1, groups * T, S], with each kv head's query heads stacked as extra rows (see Attention): bool
+    # (True = may attend) for the reference backend, additive (0 / -inf) in the compute dtype for SDPA;
+    # None = plain causal.
     mask: Tensor | None = None
     cu_seqlens: Tensor | None = None  # flash: document boundaries in the flattened batch
     max_seqlen: int = 0
@@ -351,8 +352,13 @@ class Transformer(nn.Module):
         )
         groups = config.num_heads // config.num_kv_heads
 
-        def stacked(mask: Tensor) -> Tensor:  # the grouped-query row layout of Attention
-            return mask.repeat(1, 1, groups, 1) if groups > 1 else mask
+        def stacked(mask: Tensor) -> Tensor:
+            """The grouped-query row layout of Attention; for SDPA also converted once to the additive float
+            mask it would otherwise build from a boolean one in every layer."""
+            mask = mask.repeat(1, 1, groups, 1) if groups > 1 else mask
+            if backend == "reference":
+                return mask
+            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
         if cache is not None:
             # Cached decoding always runs on SDPA/reference over the static cache; flash serves cache-free forwards.

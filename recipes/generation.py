@@ -227,6 +227,11 @@ class CosmopediaSection:
     )
     extract_chars: int = setting("Seed extracts are cut to this many characters (Cosmopedia: ~1000).", 1000)
     max_new_tokens: int = setting("Per-method generation length (0: sampling.max_new_tokens).", 0)
+    mean_completion_tokens: int = setting(
+        "Expected mean completion length, for the dry-run's token estimate (0: max_new_tokens x "
+        "dry_run.completion_fill).",
+        0,
+    )
 
     def __post_init__(self) -> None:
         for kind, values, known in (
@@ -263,6 +268,11 @@ class CodeTextbookSection:
         ],
     )
     max_new_tokens: int = setting("Per-method generation length (0: sampling.max_new_tokens).", 0)
+    mean_completion_tokens: int = setting(
+        "Expected mean completion length, for the dry-run's token estimate (0: max_new_tokens x "
+        "dry_run.completion_fill).",
+        0,
+    )
 
 
 @dataclass
@@ -279,6 +289,11 @@ class CodeExercisesSection:
     )
     allow_repeats: bool = setting("Above the capacity, take another pass instead of failing.", False)
     max_new_tokens: int = setting("Per-method generation length (0: sampling.max_new_tokens).", 0)
+    mean_completion_tokens: int = setting(
+        "Expected mean completion length, for the dry-run's token estimate (0: max_new_tokens x "
+        "dry_run.completion_fill).",
+        0,
+    )
 
 
 @dataclass
@@ -329,6 +344,11 @@ class OrcaSection:
         "Above queries x system messages, take another pass instead of failing.", False
     )
     max_new_tokens: int = setting("Per-method generation length (0: sampling.max_new_tokens).", 0)
+    mean_completion_tokens: int = setting(
+        "Expected mean completion length, for the dry-run's token estimate (0: max_new_tokens x "
+        "dry_run.completion_fill).",
+        0,
+    )
 
 
 @dataclass

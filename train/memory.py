@@ -247,12 +247,14 @@ def describe(plan, fused_loss: bool) -> list[str]:
     est = estimate(config, section.micro_batch_size, section.seq_len, setup)
     engine = f"{setup.engine}{f' ZeRO-{setup.zero_stage}' if setup.engine == 'deepspeed' else ''}"
     lines = [
-        f"  memory/GPU:        {est.total / GIB:.1f} GiB at micro-batch {section.micro_batch_size} ({engine}, world "
-        f"{setup.world}, {setup.precision}, activation checkpointing {'on' if setup.checkpointing else 'off'}, "
+        f"  memory/GPU:        {est.total / GIB:.1f} GiB peak at micro-batch {section.micro_batch_size} ({engine}, "
+        f"world {setup.world}, {setup.precision}, activation checkpointing {'on' if setup.checkpointing else 'off'}, "
         f"{'fused chunked' if fused_loss else 'plain fp32'} loss)",
-        f"    params {est.params / GIB:.1f} + grads {est.grads / GIB:.1f} + optimizer {est.optimizer / GIB:.1f} + "
-        f"activations {est.activations / GIB:.1f} + logits/loss {est.logits / GIB:.1f} + temporary "
-        f"{est.temporary / GIB:.1f} GiB",
+        f"    states {est.states / GIB:.1f} (params {est.params / GIB:.1f}, optimizer {est.optimizer / GIB:.1f}, "
+        f"kept gradient buffers {est.grads_kept / GIB:.1f}) + {est.peak_phase} peak "
+        f"{max(est.phases.values()) / GIB:.1f} (saved activations {est.activations / GIB:.1f}, loss working set "
+        f"{est.loss / GIB:.1f}, gradients {est.grads / GIB:.1f}) GiB; fits = peak x {1 + FRAGMENTATION:.2f} + "
+        f"{CUDA_OVERHEAD / GIB:.1f} GiB CUDA overhead <= capacity",
     ]
     for name, capacity in DEVICES.items():
         parts = []
@@ -370,13 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "_step":
         print(json.dumps(_step(json.loads(args.job))))
         return 0
-    print(f"{'case':<24} {'ckpt':<5} {'estimate MiB':>13} {'measured MiB':>13} {'error':>7}")
-    for row in validation_rows(fused_loss=True):
-        error = row["estimate"] / row["measured"] - 1
-        print(
-            f"{row['case']:<24} {str(row['checkpointing']):<5} {row['estimate'] / 2**20:>13.1f} "
-            f"{row['measured'] / 2**20:>13.1f} {error:>+7.1%}"
-        )
+    print(f"{'case':<24} {'loss':<6} {'ckpt':<5} {'estimate MiB':>13} {'measured MiB':>13} {'error':>7}")
+    for fused in (True, False):
+        for row in validation_rows(fused_loss=fused):
+            error = row["estimate"] / row["measured"] - 1
+            print(
+                f"{row['case']:<24} {'fused' if fused else 'plain':<6} {str(row['checkpointing']):<5} "
+                f"{row['estimate'] / 2**20:>13.1f} {row['measured'] / 2**20:>13.1f} {error:>+7.1%}"
+            )
     return 0
 
 

@@ -11,35 +11,61 @@ from __future__ import annotations
 import json
 import os
 import resource
+import sys
 from pathlib import Path
 
 import torch
 
 from stagekit.io import atomic_path
 
-# Dense (no 2:4 sparsity) peak FLOP/s per device from NVIDIA's datasheets. bf16/fp16 are tensor-core
-# numbers; fp32 is the plain CUDA-core rate (PyTorch's default matmul precision does not use TF32).
-# Matched against torch.cuda.get_device_name() in order, so the more specific names come first.
-PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
-    ("H200", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),
-    ("H100 PCIe", {"bf16": 756e12, "fp16": 756e12, "fp32": 51e12}),
-    ("H100", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),  # SXM5
-    ("A100", {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}),
-    ("L40S", {"bf16": 362e12, "fp16": 362e12, "fp32": 91.6e12}),
-    ("L4", {"bf16": 121e12, "fp16": 121e12, "fp32": 30.3e12}),
-    ("V100", {"fp16": 125e12, "fp32": 15.7e12}),
-]
+# Dense (no 2:4 sparsity) peak FLOP/s per device, keyed by the exact torch.cuda.get_device_name() string (no
+# substring matching: "NVIDIA L40" is not an L4, and an H100 NVL is not an SXM H100). bf16/fp16 are tensor-core
+# figures: NVIDIA's datasheets list them with sparsity, halved here. fp32 is the plain CUDA-core rate (PyTorch's
+# default matmul precision does not use TF32). Sources: A100 datasheet (2021), H100 datasheet (2023: SXM, PCIe,
+# NVL), H200 datasheet (2024: SXM, NVL), L4, L40 and L40S datasheets, V100 datasheet (fp16 only: no bf16).
+_A100 = {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}
+_H100_SXM = {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}
+_H100_NVL = {"bf16": 835e12, "fp16": 835e12, "fp32": 60e12}
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "NVIDIA A100-SXM4-40GB": _A100,
+    "NVIDIA A100-SXM4-80GB": _A100,
+    "NVIDIA A100-PCIE-40GB": _A100,
+    "NVIDIA A100 80GB PCIe": _A100,
+    "NVIDIA H100 80GB HBM3": _H100_SXM,
+    "NVIDIA H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "fp32": 51e12},
+    "NVIDIA H100 NVL": _H100_NVL,
+    "NVIDIA H200": _H100_SXM,  # H200 SXM: the H100 SXM's compute with more, faster memory
+    "NVIDIA H200 NVL": _H100_NVL,
+    "NVIDIA L4": {"bf16": 121e12, "fp16": 121e12, "fp32": 30.3e12},
+    "NVIDIA L40": {"bf16": 181e12, "fp16": 181e12, "fp32": 90.5e12},
+    "NVIDIA L40S": {"bf16": 362e12, "fp16": 362e12, "fp32": 91.6e12},
+    "Tesla V100-SXM2-16GB": {"fp16": 125e12, "fp32": 15.7e12},
+    "Tesla V100-SXM2-32GB": {"fp16": 125e12, "fp32": 15.7e12},
+    "Tesla V100-PCIE-16GB": {"fp16": 112e12, "fp32": 14e12},
+    "Tesla V100-PCIE-32GB": {"fp16": 112e12, "fp32": 14e12},
+}
+
+
+def peak_flops(device_name: str, precision: str) -> float | None:
+    """Peak FLOP/s of the device with exactly this name at this precision; None when the table lacks either."""
+    return PEAK_FLOPS.get(device_name, {}).get(precision)
 
 
 def device_peak_flops(device: torch.device, precision: str) -> float | None:
-    """Peak FLOP/s of one device at this precision; None on CPU or an unknown GPU (MFU is then null)."""
+    """Peak FLOP/s of one device at this precision; None on CPU or an unknown GPU, which is said once on stderr
+    (MFU is then null; train.peak_flops supplies the figure)."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    for key, peaks in PEAK_FLOPS:
-        if key in name:
-            return peaks.get(precision)
-    return None
+    peak = peak_flops(name, precision)
+    if peak is None:
+        print(
+            f"[train] MFU not reported: no {precision} peak for '{name}' in train.metrics.PEAK_FLOPS; set "
+            "train.peak_flops to the device's dense peak FLOP/s",
+            file=sys.stderr,
+            flush=True,
+        )
+    return peak
 
 
 def memory_gb(device: torch.device) -> float:

@@ -72,10 +72,10 @@ def space(queries: list[str], system_messages: list[str] | None = None) -> Space
     return Space([Part((len(queries), len(systems)), record)])
 
 
-def render(system: str, user: str, response: str) -> str:
-    """Orca's training text: the system message, the user query and the teacher's explained response."""
+def render_prompt(system: str, user: str) -> str:
+    """Orca's training text up to the response: the system message (when any), then the user query."""
     head = f"### System:\n{system}\n\n" if system else ""
-    return f"{head}### User:\n{user}\n\n### Assistant:\n{response}"
+    return f"{head}### User:\n{user}\n\n### Assistant:\n"
 
 
 def explanation_records(generations: Iterable[dict], drops: Counter) -> Iterator[dict]:
@@ -85,10 +85,12 @@ def explanation_records(generations: Iterable[dict], drops: Counter) -> Iterator
         if r.get("error") or not response:
             drops["generation_error" if r.get("error") else "empty"] += 1
             continue
+        prompt = render_prompt(r["system"], r["user"])
         yield {
             "id": r["id"],
             "method": "orca",
-            "text": render(r["system"], r["user"], response),
+            "text": prompt + response,  # a mixture's mask_prompt trains on the response only
+            "prompt": prompt,
             "system": r["system"],
             "user": r["user"],
             "response": response,

@@ -121,9 +121,8 @@ def plan(recipe: Recipe) -> list[dict]:
         if cfg.num_prompts <= 0:
             continue
         buildable, how = capacity(recipe, method)
-        tokens = (
-            cfg.num_prompts * method_sampling(recipe, method).max_new_tokens * gen.dry_run.completion_fill
-        )
+        fill = method_sampling(recipe, method).max_new_tokens * gen.dry_run.completion_fill
+        tokens = cfg.num_prompts * (cfg.mean_completion_tokens or fill)
         rows.append(
             {
                 "method": method,
@@ -143,8 +142,8 @@ def print_plan(recipe: Recipe) -> bool:
     gen = recipe.data.generation
     rows = plan(recipe)
     print(
-        f"generation plan ({recipe.name}): expected tokens = prompts x max_new_tokens x "
-        f"{gen.dry_run.completion_fill} (dry_run.completion_fill); teacher-hours at {gen.dry_run.tokens_per_s:,.0f} "
+        f"generation plan ({recipe.name}): expected tokens = prompts x <method>.mean_completion_tokens (else "
+        f"max_new_tokens x dry_run.completion_fill = {gen.dry_run.completion_fill}); teacher-hours at {gen.dry_run.tokens_per_s:,.0f} "
         "generated tokens/s per server (dry_run.tokens_per_s)"
     )
     print(

@@ -42,11 +42,6 @@ GENERATION_NEAR_THRESHOLD = 0.8  # Jaccard on 5-word shingles: datatrove's and C
 _HEX16 = re.compile(r"[0-9a-f]{16}")
 
 
-def journal_path(output: str | Path) -> Path:
-    output = Path(output)
-    return output.with_name(output.name + ".partial")
-
-
 def to_messages(record: dict, where: str) -> Messages:
     """A record's conversation: its `messages`, or its `prompt` as one user turn."""
     if "messages" in record:
@@ -260,6 +255,7 @@ def run_stream(
     chunk_size: int = 10000,
     desc: str = "generate",
     progress: bool = True,
+    total: int | None = None,
 ) -> RunStats:
     """Complete a stream of prepared prompts (`stream_prompts`) in parts of `chunk_size`, in O(chunk) memory.
 
@@ -269,18 +265,19 @@ def run_stream(
     """
     workdir.mkdir(parents=True, exist_ok=True)
     stats = RunStats()
-    bar = tqdm(desc=desc, unit="prompt", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, unit="prompt", disable=not progress, dynamic_ncols=True)
     try:
         for k, chunk in enumerate(_chunks(prompts, chunk_size)):
             _unique(chunk)  # ids must be unique; across parts the merge checks
             stats.total += len(chunk)
             part = workdir / f"part-{k:05d}.jsonl"
+            journal = part.with_name(part.name + ".partial")
             if part.is_file():
+                journal.unlink(missing_ok=True)  # killed between the part's rename and the journal's removal
                 stats.resumed += len(chunk)
                 stats.done += len(chunk)
                 bar.update(len(chunk))
                 continue
-            journal = part.with_name(part.name + ".partial")
             failed_before = stats.failed
             records = _complete(chunk, teacher, sampling, batch_size, journal, stats, bar)
             if stats.failed == failed_before:

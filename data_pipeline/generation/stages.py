@@ -253,7 +253,8 @@ def generate_stage(
 
         stats, name = run_datatrove(recipe, files, workdir, sampling)
     else:
-        next(stream_prompts(files, sampling), None)  # bad input fails before the teacher loads
+        # One validating pass first: bad input fails before the teacher loads, and the bar knows the total.
+        total = sum(1 for _ in stream_prompts(files, sampling))
         with _OwnedTeacher(recipe, teacher) as owned:
             stats = run_stream(
                 stream_prompts(files, sampling),
@@ -263,6 +264,7 @@ def generate_stage(
                 batch_size=gen.teacher.batch_size,
                 chunk_size=gen.chunk_size,
                 desc=f"generate {output.stem}",
+                total=total,
             )
             name = owned.get().name
     print(f"generate {output}: {stats.summary()}", file=sys.stderr)

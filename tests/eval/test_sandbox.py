@@ -488,6 +488,7 @@ out = {name: call(nr, *((-1, 0, 0) if name in quiet else (-1,) * 6)) for name, n
        if name not in ("clone", "clone3", "ioctl", "vfork", "fork", "getpid")}  # vfork: numbers check only
 out["fork"] = call(numbers["fork"]) if "fork" in numbers else REFUSAL
 out["clone without CLONE_THREAD"] = call(numbers["clone"], 17, 0, 0, 0, 0)  # SIGCHLD: what fork() does
+out["clone thread, new namespace"] = call(numbers["clone"], 0x40010900, 0, 0, 0, 0)  # THREAD|SIGHAND|VM|NEWNET
 out["clone3"] = call(numbers["clone3"], 0, 0)
 out["ioctl TIOCSTI"] = call(numbers["ioctl"], 0, 0x5412, 0)
 out["ioctl other"] = call(numbers["ioctl"], -1, 0x5401, 0)  # TCGETS on a bad fd: the kernel's own EBADF

@@ -1,36 +1,50 @@
 """Phi-1 CodeTextbook and CodeExercises builders, and the exercise parser."""
 
 import ast
+from collections import Counter
 
 import pytest
 
 from data_pipeline.generation import code_exercises, code_textbook
 from data_pipeline.generation.code_exercises import Rejected, extract_code, parse_generations, split_exercise
+from data_pipeline.generation.seeds import ExtractStore
 
 TOPICS = ["recursion", "sorting algorithms", "hash tables"]
 AUDIENCES = ["complete beginners", "working engineers"]
 
 
-def test_code_textbook_cross_product_and_determinism():
-    records = code_textbook.build(TOPICS, AUDIENCES, num_prompts=100, seed=1)
-    assert len(records) == 6
-    assert {(r["topic"], r["audience"]) for r in records} == {(t, a) for t in TOPICS for a in AUDIENCES}
-    assert code_textbook.build(TOPICS, AUDIENCES, 4, seed=3) == code_textbook.build(
-        TOPICS, AUDIENCES, 4, seed=3
-    )
-    text = records[0]["messages"][0]["content"]
-    assert records[0]["topic"] in text and records[0]["audience"] in text
+def test_code_textbook_space_is_topics_pairs_and_code_extracts():
+    store = ExtractStore()
+    store.add({"extract": "def f(x):\n    return x * 2\n" * 10, "code": True, "topic": ""})
+    store.add({"extract": "Prose about tides, not code. " * 10, "code": False, "topic": ""})
+    space = code_textbook.space(TOPICS, AUDIENCES, store)
+    subjects = 3 + 3  # every topic, then every unordered pair
+    assert space.size == subjects * len(AUDIENCES) * 3 * 4 + 1 * 3 * 4  # only the code extract seeds
+    records = list(space.take(space.size, seed=1, key="k"))
+    assert len({r["messages"][0]["content"] for r in records}) == space.size
+    assert list(space.take(5, seed=3, key="k")) == list(space.take(5, seed=3, key="k"))
+    topic = next(r for r in records if r["seed_kind"] == "topic")
+    text = topic["messages"][0]["content"]
+    assert topic["topic"] in text and topic["audience"] in text
     assert "```python" in text and "Do not add a title" in text
+    assert code_textbook.LEVELS[topic["level"]] in text and code_textbook.STYLES[topic["style"]] in text
+    from_code = [r for r in records if r["seed_kind"] == "extract"]
+    assert len(from_code) == 12 and all("return x * 2" in r["messages"][0]["content"] for r in from_code)
+    store.close()
 
 
-def test_code_exercises_force_distinct_names():
-    records = code_exercises.build(TOPICS, num_prompts=50, seed=5)
-    names = [r["entry_point"] for r in records]
-    assert len(names) == 50 == len(set(names))
+def test_code_exercises_force_distinct_names_beyond_625():
+    space = code_exercises.space(TOPICS)
+    records = list(space.take(2000, seed=5, key="k"))
+    assert len({r["messages"][0]["content"] for r in records}) == 2000
+    assert len({r["entry_point"] for r in records}) > 625  # the old verb x noun list ran out at 625
     for r in records:
-        assert f"`{r['entry_point']}`" in r["messages"][0]["content"] and r["topic"] in TOPICS
-    assert records == code_exercises.build(TOPICS, num_prompts=50, seed=5)
-    assert names != [r["entry_point"] for r in code_exercises.build(TOPICS, num_prompts=50, seed=6)]
+        assert f"`{r['entry_point']}`" in r["messages"][0]["content"]
+        assert r["topic"] in code_textbook.subjects(TOPICS)
+    assert records == list(code_exercises.space(TOPICS).take(2000, seed=5, key="k"))
+    assert [r["entry_point"] for r in records] != [
+        r["entry_point"] for r in code_exercises.space(TOPICS).take(2000, seed=6, key="k")
+    ]
 
 
 GOOD = '''Here is the exercise:
@@ -97,7 +111,8 @@ def test_parse_generations_counts_every_drop():
         {"id": "4", "completion": "", "finish_reason": "error", "error": "HTTP 500"},
         {"id": "5", "completion": "```python\ndef f(:\n```", "finish_reason": "stop"},
     ]
-    kept, drops = parse_generations(records)
+    drops = Counter()
+    kept = list(parse_generations(iter(records), drops))
     assert [k["id"] for k in kept] == ["1"]
     assert kept[0]["text"] == kept[0]["prompt"] + kept[0]["solution"]
     assert drops == {"duplicate": 1, "no_code": 1, "generation_error": 1, "syntax_error": 1}

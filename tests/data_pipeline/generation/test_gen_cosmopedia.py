@@ -1,7 +1,11 @@
 """Cosmopedia prompt builder: cross product, style instructions, seeds, determinism."""
 
+import pytest
+
 from data_pipeline.generation import cosmopedia
+from data_pipeline.generation.seeds import ExtractStore
 from recipes.generation import COSMOPEDIA_AUDIENCES, COSMOPEDIA_FORMATS
+from stagekit.io import StageError
 
 SEEDS = [{"topic": "Binary numbers"}, {"topic": "Photosynthesis"}, {"topic": "Supply and demand"}]
 
@@ -10,27 +14,52 @@ def _user(record):
     return record["messages"][-1]["content"]
 
 
+def _space(seeds, extracts=None, audiences=COSMOPEDIA_AUDIENCES, formats=COSMOPEDIA_FORMATS):
+    store = extracts if extracts is not None else ExtractStore()
+    return cosmopedia.space(seeds, store, audiences, formats)
+
+
 def test_full_cross_product_is_every_distinct_cell():
-    records = cosmopedia.build(SEEDS, COSMOPEDIA_AUDIENCES, COSMOPEDIA_FORMATS, num_prompts=10_000, seed=0)
-    assert len(records) == len(SEEDS) * 4 * 5 == 60
+    space = _space(SEEDS)
+    records = list(space.take(60, seed=0, key="k"))
+    assert space.size == len(SEEDS) * 4 * 5 == 60
     cells = {(r["topic"], r["audience"], r["format"]) for r in records}
     assert len(cells) == 60
     assert len({_user(r) for r in records}) == 60
 
 
 def test_sampling_is_deterministic_by_seed_and_distinct():
-    a = cosmopedia.build(SEEDS, COSMOPEDIA_AUDIENCES, COSMOPEDIA_FORMATS, num_prompts=12, seed=7)
-    b = cosmopedia.build(SEEDS, COSMOPEDIA_AUDIENCES, COSMOPEDIA_FORMATS, num_prompts=12, seed=7)
-    c = cosmopedia.build(SEEDS, COSMOPEDIA_AUDIENCES, COSMOPEDIA_FORMATS, num_prompts=12, seed=8)
+    a = list(_space(SEEDS).take(12, seed=7, key="k"))
+    b = list(_space(SEEDS).take(12, seed=7, key="k"))
+    c = list(_space(SEEDS).take(12, seed=8, key="k"))
     assert a == b
     assert [_user(r) for r in a] != [_user(r) for r in c]
     assert len({_user(r) for r in a}) == 12
 
 
+def test_above_capacity_names_the_key_or_repeats_when_allowed():
+    with pytest.raises(StageError, match=r"cosmopedia.num_prompts=61 exceeds .* 60 distinct prompts"):
+        next(_space(SEEDS).take(61, seed=0, key="cosmopedia.num_prompts"))
+    records = list(_space(SEEDS).take(70, seed=0, key="k", allow_repeats=True))
+    assert len({_user(r) for r in records}) == 60 and sum(r.get("repeat") == 1 for r in records) == 10
+
+
 def test_duplicate_seeds_do_not_duplicate_prompts():
     seeds = SEEDS + [{"topic": "binary numbers "}, {"topic": "Photosynthesis"}]
-    records = cosmopedia.build(seeds, ["college"], ["blog_post"], num_prompts=100, seed=0)
-    assert len(records) == 3
+    assert _space(seeds, audiences=["college"], formats=["blog_post"]).size == 3
+
+
+def test_extract_seeds_double_with_the_focused_variant():
+    store = ExtractStore()
+    for i in range(3):
+        store.add(
+            {"extract": f"Extract number {i}: " + "tides follow the moon " * 20, "topic": "", "code": False}
+        )
+    records = list(_space([], store, ["college"], ["story"]).take(6, seed=0, key="k"))
+    assert len({_user(r) for r in records}) == 6
+    assert sorted(r["focused"] for r in records) == [False] * 3 + [True] * 3
+    assert sum(cosmopedia.FOCUS[True] in _user(r) for r in records) == 3
+    store.close()
 
 
 def test_audience_and_format_instructions_and_anti_boilerplate():
@@ -56,30 +85,20 @@ def test_extract_seed_is_truncated_and_outline_is_shown():
     outline = "1. Cells\n2. Tissues"
     text = cosmopedia.build_prompt({"topic": "Biology 101", "outline": outline}, "high_school", "wikihow")
     assert outline in text and "Biology 101" in text
-    kinds = {
-        r["seed_kind"]
-        for r in cosmopedia.build(
-            [{"topic": "A", "extract": "e"}, {"topic": "B", "outline": "o"}, {"topic": "C"}],
-            ["college"],
-            ["story"],
-            10,
-            0,
-        )
-    }
-    assert kinds == {"extract", "outline", "topic"}
+    store = ExtractStore()
+    store.add({"extract": "e " * 300, "topic": "A", "code": False})
+    space = _space([{"topic": "B", "outline": "o"}, {"topic": "C"}], store, ["college"], ["story"])
+    assert {r["seed_kind"] for r in space.take(space.size, 0, key="k")} == {"extract", "outline", "topic"}
+    store.close()
 
 
 def test_shipped_topics_load():
-    seeds = cosmopedia.load_seeds(None)
+    seeds = cosmopedia.load_seeds(None, ExtractStore())
     assert len(seeds) >= 30 and all(s["topic"] and not s["topic"].startswith("#") for s in seeds)
 
 
 def test_jsonl_seeds_accept_bare_documents_and_name_bad_lines(tmp_path):
     import json
-
-    import pytest
-
-    from stagekit.io import StageError
 
     path = tmp_path / "docs.jsonl"
     path.write_text(
@@ -88,9 +107,10 @@ def test_jsonl_seeds_accept_bare_documents_and_name_bad_lines(tmp_path):
         + json.dumps({"topic": "Tides"})
         + "\n"
     )
-    seeds = cosmopedia.load_seeds(path)
-    prompt = cosmopedia.build_prompt(seeds[0], "high_school", "blog_post")
+    store = ExtractStore()
+    assert cosmopedia.load_seeds(path, store) == [{"topic": "Tides", "outline": ""}]
+    prompt = cosmopedia.build_prompt(store[0], "high_school", "blog_post")
     assert "an extract from a web page or code file" in prompt and "return a + b" in prompt
     path.write_text(json.dumps({"topic": "ok"}) + "\n" + json.dumps({"url": "x"}) + "\n")
     with pytest.raises(StageError, match=rf"{path}:2: a Cosmopedia seed needs"):
-        cosmopedia.load_seeds(path)
+        cosmopedia.load_seeds(path, store)

@@ -1,5 +1,7 @@
 """Orca explanation-tuning prompts."""
 
+from collections import Counter
+
 from data_pipeline.generation import orca
 from data_pipeline.generation.sources import DEFAULT_SEED_TASKS
 
@@ -10,10 +12,11 @@ def test_sixteen_distinct_system_messages():
 
 def test_build_samples_distinct_pairs_deterministically():
     queries = ["What is 2+2?", "Name a prime number.", "Why is the sky blue?"]
-    records = orca.build(queries, num_prompts=1000, seed=0)
-    assert len(records) == 3 * 16
+    space = orca.space(queries)
+    records = list(space.take(48, seed=0, key="k"))
+    assert space.size == 3 * 16
     assert len({(r["system"], r["user"]) for r in records}) == 48
-    assert orca.build(queries, 10, seed=4) == orca.build(queries, 10, seed=4)
+    assert list(space.take(10, 4, key="k")) == list(orca.space(queries).take(10, 4, key="k"))
     for r in records:
         roles = [m["role"] for m in r["messages"]]
         assert roles == (["system", "user"] if r["system"] else ["user"])
@@ -32,6 +35,14 @@ def test_explanation_records():
         {"id": "b", "system": "S", "user": "U", "completion": "", "error": "timeout"},
         {"id": "c", "system": "", "user": "U", "completion": "  ", "error": None},
     ]
-    kept, drops = orca.explanation_records(gens)
-    assert kept == [{"id": "a", "method": "orca", "system": "S", "user": "U", "response": "because..."}]
+    drops = Counter()
+    kept = list(orca.explanation_records(gens, drops))
+    prompt = "### System:\nS\n\n### User:\nU\n\n### Assistant:\n"
+    assert kept == [
+        {
+            "id": "a", "method": "orca", "text": prompt + "because...", "prompt": prompt,
+            "system": "S", "user": "U", "response": "because...",
+        }
+    ]  # fmt: skip
     assert drops == {"generation_error": 1, "empty": 1}
+    assert orca.render_prompt("", "Q") == "### User:\nQ\n\n### Assistant:\n"  # no empty system block

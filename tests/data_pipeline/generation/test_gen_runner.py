@@ -5,7 +5,7 @@ import json
 import pytest
 from generation_helpers import main, minimal_recipe, read_ids, write_prompts
 
-from data_pipeline.generation.runner import journal_path, load_prompts, prompt_id, quality_stats, run_prompts
+from data_pipeline.generation.runner import load_prompts, parts_dir, prompt_id, quality_stats, run_prompts
 from data_pipeline.teachers import Sampling
 from stagekit.io import StageError, read_manifest
 
@@ -108,7 +108,7 @@ def test_generate_cli_end_to_end(tmp_path, capsys):
     ]
     argv += ["--max-new-tokens", "6", "--batch-size", "2"]
     assert main([*argv, "data.generation.teacher.threads=1"]) == 0
-    assert read_ids(output) == ids and not journal_path(output).exists()
+    assert read_ids(output) == ids and not parts_dir(output).exists()
     manifest = read_manifest(output)
     assert manifest["counts"]["done"] == 3 and manifest["counts"]["failed"] == 0
     assert manifest["params"]["sampling"]["max_new_tokens"] == 6
@@ -162,5 +162,6 @@ def test_unreachable_server_cli_exits_2_and_keeps_journal(tmp_path, capsys):
     assert "failed after 2 attempts" in err and "ConnectError" in err
     assert not output.exists()
     assert [
-        json.loads(line)["error"] is not None for line in journal_path(output).read_text().splitlines()
+        json.loads(line)["error"] is not None
+        for line in (parts_dir(output) / "part-00000.jsonl.partial").read_text().splitlines()
     ] == [True, True]

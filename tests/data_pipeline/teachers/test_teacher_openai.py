@@ -9,7 +9,7 @@ import httpx
 import pytest
 from teacher_helpers import Server
 
-from data_pipeline.generation.runner import journal_path, run_prompts
+from data_pipeline.generation.runner import parts_dir, run_prompts
 from data_pipeline.generation.stages import generate_stage
 from data_pipeline.teachers import Sampling, build_teacher
 from data_pipeline.teachers.openai_teacher import OpenAITeacher
@@ -169,7 +169,7 @@ def test_unreachable_server_fails_clearly_and_keeps_completed(server, tmp_path):
             "data.generation.sampling.max_new_tokens=6",
         ],
     )
-    journal = journal_path(output)
+    journal = parts_dir(output) / "part-00000.jsonl.partial"  # the first part's journal
 
     def kill_after_first():
         while not journal.exists() or journal.read_bytes().count(b"\n") < 1:
