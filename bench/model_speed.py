@@ -1,13 +1,16 @@
 #!/usr/bin/env python
-"""Speed and memory of our `Transformer` vs transformers' `LlamaForCausalLM` on the same weights.
+"""Speed and memory of our `Transformer` vs transformers' `LlamaForCausalLM` on the same weights, in one run.
 
-One run measures, for one preset: fwd+bwd training throughput, forward-only (prefill) throughput, greedy
-KV-cached generation throughput and the peak memory of each, and prints absolute numbers plus ours/HF ratios.
-The HF model is loaded from our own `save_pretrained` export, so both models hold bit-identical weights.
-See bench/README.md for what each number means. Benchmark only: nothing here asserts on timings.
+Rows: training step (fwd + loss + bwd) tokens/s for the tiny preset and a ~100M Llama config, eager and (with
+--compile) under torch.compile on both sides; prefill tokens/s and greedy KV-cached decoding new tokens/s at
+batch 1 and 8; peak training memory. Ours computes its loss with the fused chunked LM head + cross-entropy
+(`model(ids, targets=...)`, what train/ uses); transformers computes it from its full fp32 logits, as its own
+`labels=` path does. The HF model is loaded from our `save_pretrained` export, so both hold bit-identical
+weights. See bench/README.md. Benchmark only: nothing here asserts on timings.
 
     .venv/bin/python bench/model_speed.py --steps 3
-    python bench/model_speed.py --device cuda --preset cosmo-1b --seq-len 2048 --batch 4 --json out.json
+    .venv/bin/python bench/model_speed.py --steps 2 --compile
+    python bench/model_speed.py --device cuda --seq-len 2048 --batch 8 --large-batch 8 --compile
 """
 
 from __future__ import annotations
@@ -35,18 +38,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 import transformers  # noqa: E402
 from transformers import LlamaForCausalLM  # noqa: E402
-from transformers.utils import is_flash_attn_2_available  # noqa: E402
 
-from modeling import PRESETS, ModelConfig, Transformer  # noqa: E402
-from modeling import model as modeling_model  # noqa: E402
+from modeling import ModelConfig, Transformer  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MiB = 2**20
+# The ~100M training config: GPT-2-small widths as a Llama block (12 x 768, 12 heads, SwiGLU 2048), 32k vocab.
+LARGE = dict(
+    vocab_size=32000,
+    hidden_size=768,
+    intermediate_size=2048,
+    num_layers=12,
+    num_heads=12,
+    num_kv_heads=12,
+    max_seq_len=2048,
+    tie_word_embeddings=False,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     p.add_argument(
         "--dtype",
@@ -54,45 +65,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=sorted(DTYPES),
         help="weights and activations (default: fp32 on CPU, bf16 on CUDA); both models cast, no autocast",
     )
+    p.add_argument("--seq-len", type=int, default=128, help="training/prefill tokens per row")
+    p.add_argument("--batch", type=int, default=4, help="rows per training step of the tiny model")
+    p.add_argument("--large-batch", type=int, default=1, help="rows per training step of the ~100M model")
+    p.add_argument("--no-large", action="store_true", help="skip the ~100M training rows")
+    p.add_argument("--compile", action="store_true", help="add torch.compile training rows (slow to compile)")
     p.add_argument(
-        "--seq-len",
-        type=int,
-        default=None,
-        help="training/prefill length (default: the preset's max_seq_len, capped at 128 on CPU)",
+        "--gen-batches",
+        default="1,8",
+        help="comma-separated prefill/decode batch sizes ('': no inference rows)",
     )
-    p.add_argument("--batch", type=int, default=4, help="rows per training/prefill step")
-    p.add_argument("--steps", type=int, default=10, help="timed repeats per measurement (median reported)")
-    p.add_argument(
-        "--warmup",
-        type=int,
-        default=1,
-        help="untimed repeats per model before timing (after the sanity pass)",
-    )
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0: leave torch's default)")
-    p.add_argument("--gen-batch", type=int, default=None, help="prompts per generate call (default: --batch)")
     p.add_argument("--prompt-len", type=int, default=32, help="tokens per prompt (all prompts equal length)")
     p.add_argument("--new-tokens", type=int, default=32, help="greedy tokens generated per prompt")
-    p.add_argument(
-        "--attention",
-        default="auto",
-        choices=["auto", "flash", "sdpa", "reference"],
-        help="our ModelConfig.attention",
-    )
-    p.add_argument(
-        "--hf-attn",
-        default="auto",
-        choices=["auto", "sdpa", "eager", "flash_attention_2"],
-        help="LlamaForCausalLM attn_implementation (auto: flash_attention_2 when ours runs flash, else sdpa)",
-    )
+    p.add_argument("--steps", type=int, default=5, help="timed repeats per measurement (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed repeats per model before timing")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0: leave torch's default)")
     p.add_argument("--no-memory", action="store_true", help="skip the (untimed) peak-memory runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write all numbers here")
     args = p.parse_args(argv)
-    for name in ("batch", "steps", "prompt_len", "new_tokens", "seq_len", "gen_batch"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
+    for name in ("batch", "large_batch", "steps", "prompt_len", "new_tokens", "seq_len"):
+        if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if args.warmup < 0 or args.threads < 0:
         p.error("--warmup and --threads must be >= 0")
+    try:
+        args.gen_batches = [int(b) for b in args.gen_batches.split(",") if b.strip()]
+    except ValueError:
+        p.error(f"--gen-batches must be comma-separated integers, got {args.gen_batches!r}")
     return args
 
 
@@ -180,23 +180,21 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
 # ---- the workloads -----------------------------------------------------------------------------------------
 
 
-def logits_of(model: torch.nn.Module, ids: torch.Tensor, hf: bool) -> torch.Tensor:
-    # HF: no KV cache object in training/prefill (use_cache=True would build a DynamicCache it never reuses).
-    return model(input_ids=ids, use_cache=False).logits if hf else model(ids)
-
-
-def train_step(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor, hf: bool) -> float:
-    """fwd + next-token cross-entropy (fp32 logits, identical for both) + bwd; no optimizer step."""
-    logits = logits_of(model, ids, hf)
-    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+def train_step_ours(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> float:
+    """fwd + fused chunked LM head/cross-entropy + bwd; no optimizer step (it costs both sides the same)."""
+    loss = model(ids, targets=labels)
     loss.backward()
     model.zero_grad(set_to_none=True)
     return loss.item()
 
 
-def forward_only(model: torch.nn.Module, ids: torch.Tensor, hf: bool) -> torch.Tensor:
-    with torch.inference_mode():
-        return logits_of(model, ids, hf)
+def train_step_hf(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> float:
+    """fwd + cross-entropy of the full fp32 logits (as `labels=` does inside transformers) + bwd."""
+    logits = model(input_ids=ids, use_cache=False).logits
+    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return loss.item()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -215,15 +213,141 @@ def device_name(device: torch.device) -> str:
 
 
 def build_models(
-    config: ModelConfig, device: torch.device, dtype: torch.dtype, hf_attn: str, tmp: Path
+    config: ModelConfig, device: torch.device, dtype: torch.dtype
 ) -> tuple[Transformer, LlamaForCausalLM]:
     """Ours, randomly initialized on the device, and LlamaForCausalLM loaded from our own HF export of it."""
     with torch.device(device):
         ours = Transformer(config)
     ours = ours.to(dtype)
-    ours.save_pretrained(tmp / "hf", dtype=dtype)
-    hf = LlamaForCausalLM.from_pretrained(tmp / "hf", dtype=dtype, attn_implementation=hf_attn).to(device)
-    return ours, hf
+    with tempfile.TemporaryDirectory(prefix="model_speed_") as tmp:
+        ours.save_pretrained(Path(tmp) / "hf", dtype=dtype)
+        hf = LlamaForCausalLM.from_pretrained(Path(tmp) / "hf", dtype=dtype, attn_implementation="sdpa")
+    return ours, hf.to(device)
+
+
+def measure(
+    fns: dict[str, Callable[[], object]],
+    tokens: int,
+    args: argparse.Namespace,
+    device: torch.device,
+    memory: bool,
+) -> dict[str, Any]:
+    """Interleaved timings (and optionally peak memory) of ours vs HF for one workload of `tokens` per call."""
+    times, cpu_times = time_interleaved(fns, args.warmup, args.steps, device)
+    entry: dict[str, Any] = {"tokens_per_call": tokens, "seconds": times, "cpu_seconds": cpu_times}
+    for key, per_call in (("tokens_per_s", times), ("tokens_per_cpu_s", cpu_times)):
+        for side, ts in per_call.items():
+            entry[f"{side}_{key}"] = tokens / max(statistics.median(ts), 1e-9)
+        entry[f"ratio_{key}"] = entry[f"ours_{key}"] / entry[f"hf_{key}"]
+    if memory and not args.no_memory:
+        mem = {side: peak_memory(fn, device) for side, fn in fns.items()}
+        entry["ours_peak_bytes"], entry["hf_peak_bytes"] = mem["ours"], mem["hf"]
+        entry["ratio_peak_bytes"] = mem["ours"] / mem["hf"] if mem["ours"] is not None and mem["hf"] else None
+    return entry
+
+
+def train_cases(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    cases = [("tiny", ModelConfig.from_preset("tiny", attention="sdpa"), args.batch)]
+    if not args.no_large:
+        cases.append(("llama-100m", ModelConfig(**LARGE, attention="sdpa"), args.large_batch))
+    results: dict[str, Any] = {}
+    for name, config, batch in cases:
+        torch.manual_seed(args.seed)
+        ours, hf = build_models(config, device, dtype)
+        ours.train()
+        hf.train()
+        g = torch.Generator().manual_seed(args.seed)
+        ids = torch.randint(config.vocab_size, (batch, args.seq_len), generator=g).to(device)
+        labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], dim=1)  # next token; last ignored
+        loss_ours, loss_hf = train_step_ours(ours, ids, labels), train_step_hf(hf, ids, labels)
+        modes = [("eager", ours, hf)]
+        if args.compile:
+            modes.append(("compiled", torch.compile(ours), torch.compile(hf)))
+        for mode, o, h in modes:
+            fns = {
+                "ours": lambda o=o, ids=ids, labels=labels: train_step_ours(o, ids, labels),
+                "hf": lambda h=h, ids=ids, labels=labels: train_step_hf(h, ids, labels),
+            }
+            key = f"{name} {batch}x{args.seq_len} {mode}"
+            results[key] = measure(fns, batch * args.seq_len, args, device, memory=mode == "eager")
+            results[key]["params"] = config.num_params()
+            results[key]["loss"] = {"ours": loss_ours, "hf": loss_hf}
+        del ours, hf, modes
+        gc.collect()
+    return results
+
+
+def inference_cases(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Prefill and greedy decoding of the tiny model at each --gen-batches size."""
+    config = ModelConfig.from_preset("tiny", attention="sdpa")
+    torch.manual_seed(args.seed)
+    ours, hf = build_models(config, device, dtype)
+    ours.eval()
+    hf.eval()
+    g = torch.Generator().manual_seed(args.seed)
+    return {
+        key: entry
+        for batch in args.gen_batches
+        for key, entry in inference_batch(ours, hf, config, batch, g, args, device).items()
+    }
+
+
+def inference_batch(
+    ours: Transformer,
+    hf: LlamaForCausalLM,
+    config: ModelConfig,
+    batch: int,
+    g: torch.Generator,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    ids = torch.randint(config.vocab_size, (batch, args.seq_len), generator=g).to(device)
+    with torch.inference_mode():
+        diff = (ours(ids) - hf(input_ids=ids, use_cache=False).logits).abs().max().item()
+
+    def prefill(model: torch.nn.Module, hf_side: bool) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(input_ids=ids, use_cache=False).logits if hf_side else model(ids)
+
+    results[f"prefill b{batch}"] = measure(
+        {"ours": lambda: prefill(ours, False), "hf": lambda: prefill(hf, True)},
+        batch * args.seq_len,
+        args,
+        device,
+        memory=False,
+    )
+    results[f"prefill b{batch}"]["max_abs_logit_diff"] = diff
+
+    prompt_ids = torch.randint(config.vocab_size, (batch, args.prompt_len), generator=g).to(device)
+    prompts = prompt_ids.tolist()
+    gen_config = copy.deepcopy(hf.generation_config)  # exactly new_tokens per prompt: no eos on either side
+    gen_config.update(
+        do_sample=False,
+        max_new_tokens=args.new_tokens,
+        eos_token_id=None,
+        pad_token_id=0,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+    )
+    mask = torch.ones_like(prompt_ids)
+
+    def gen_ours() -> list[list[int]]:
+        return ours.generate(prompts, args.new_tokens, temperature=0.0, pad_token_id=0)
+
+    def gen_hf() -> list[list[int]]:
+        out = hf.generate(input_ids=prompt_ids, attention_mask=mask, generation_config=gen_config)
+        return out[:, args.prompt_len :].tolist()
+
+    tokens_ours, tokens_hf = gen_ours(), gen_hf()
+    if any(len(t) != args.new_tokens for t in tokens_ours + tokens_hf):  # the tokens/s below assume it
+        raise RuntimeError(f"a generate call stopped before {args.new_tokens} new tokens")
+    key = f"decode b{batch}"
+    results[key] = measure({"ours": gen_ours, "hf": gen_hf}, batch * args.new_tokens, args, device, False)
+    results[key]["greedy_rows_identical"] = sum(a == b for a, b in zip(tokens_ours, tokens_hf))
+
+    return results
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -235,124 +359,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     device = resolve_device(args.device)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
-    config = ModelConfig.from_preset(args.preset, attention=args.attention)
-    seq_len = args.seq_len or (config.max_seq_len if device.type == "cuda" else min(config.max_seq_len, 128))
-    gen_batch = args.gen_batch or args.batch
-
-    # Attention kernels: ours picks one for cache-free forwards (train/prefill); cached decoding is SDPA.
-    flash_available = modeling_model.flash_attn_varlen_func is not None
-    ours_backend = modeling_model.select_backend(config.attention, device, dtype, flash_available)
-    decode_backend = "sdpa" if ours_backend == "flash" else ours_backend
-    hf_attn = args.hf_attn
-    if hf_attn == "auto":
-        hf_attn = "flash_attention_2" if ours_backend == "flash" and is_flash_attn_2_available() else "sdpa"
-
-    torch.manual_seed(args.seed)
-    with tempfile.TemporaryDirectory(prefix="model_speed_") as tmp:
-        ours, hf = build_models(config, device, dtype, hf_attn, Path(tmp))
-    pad = config.pad_token_id if config.pad_token_id is not None else 0
-    g = torch.Generator().manual_seed(args.seed)
-    ids = torch.randint(config.vocab_size, (args.batch, seq_len), generator=g).to(device)
-    labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], dim=1)  # next token; last one ignored
-    prompt_ids = torch.randint(config.vocab_size, (gen_batch, args.prompt_len), generator=g).to(device)
-    prompts = prompt_ids.tolist()
-    # Exactly new_tokens per prompt on both sides: no eos (ours gets eos_token_id=None too).
-    gen_config = copy.deepcopy(hf.generation_config)
-    gen_config.update(
-        do_sample=False,
-        max_new_tokens=args.new_tokens,
-        eos_token_id=None,
-        pad_token_id=pad,
-        temperature=None,
-        top_p=None,
-        top_k=None,
-    )
-    attention_mask = torch.ones_like(prompt_ids)
-
-    def gen_ours() -> list[list[int]]:
-        return ours.generate(prompts, args.new_tokens, temperature=0.0, pad_token_id=pad)
-
-    def gen_hf() -> list[list[int]]:
-        out = hf.generate(input_ids=prompt_ids, attention_mask=attention_mask, generation_config=gen_config)
-        return out[:, args.prompt_len :].tolist()
-
-    # Sanity (not timed): same weights must give the same logits, loss and greedy tokens.
-    ours.eval()
-    hf.eval()
-    diff = (forward_only(ours, ids, False).float() - forward_only(hf, ids, True).float()).abs().max().item()
-    loss_ours, loss_hf = train_step(ours, ids, labels, False), train_step(hf, ids, labels, True)
-    tokens_ours, tokens_hf = gen_ours(), gen_hf()
-    same_tokens = sum(a == b for a, b in zip(tokens_ours, tokens_hf))
-    if any(len(t) != args.new_tokens for t in tokens_ours + tokens_hf):  # the tokens/s below assume it
-        raise RuntimeError(f"a generate call stopped before {args.new_tokens} new tokens")
-
-    workloads: dict[str, dict[str, Callable[[], object]]] = {
-        "train": {
-            "ours": lambda: train_step(ours, ids, labels, False),
-            "hf": lambda: train_step(hf, ids, labels, True),
+    report = {
+        "meta": {
+            "device": str(device),
+            "device_name": device_name(device),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "threads": torch.get_num_threads(),
+            "dtype": str(dtype).removeprefix("torch."),
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "prompt_len": args.prompt_len,
+            "new_tokens": args.new_tokens,
+            "seq_len": args.seq_len,
+            "memory": "cuda max_memory_allocated delta"
+            if device.type == "cuda"
+            else "sampled process RSS delta",
         },
-        "prefill": {
-            "ours": lambda: forward_only(ours, ids, False),
-            "hf": lambda: forward_only(hf, ids, True),
-        },
-        "generate": {"ours": gen_ours, "hf": gen_hf},
+        "train": train_cases(args, device, dtype),
+        "inference": inference_cases(args, device, dtype) if args.gen_batches else {},
     }
-    tokens_per_call = {
-        "train": args.batch * seq_len,
-        "prefill": args.batch * seq_len,
-        "generate": gen_batch * args.new_tokens,
-    }
-    results: dict[str, Any] = {}
-    for phase, fns in workloads.items():
-        ours.train(phase == "train")
-        hf.train(phase == "train")
-        times, cpu_times = time_interleaved(fns, args.warmup, args.steps, device)
-        entry: dict[str, Any] = {
-            "tokens_per_call": tokens_per_call[phase],
-            "seconds": times,
-            "cpu_seconds": cpu_times,
-        }
-        for key, per_call in (("tokens_per_s", times), ("tokens_per_cpu_s", cpu_times)):
-            for side, ts in per_call.items():
-                entry[f"{side}_{key}"] = tokens_per_call[phase] / max(statistics.median(ts), 1e-9)
-            entry[f"ratio_{key}"] = entry[f"ours_{key}"] / entry[f"hf_{key}"]
-        if not args.no_memory:
-            mem = {side: peak_memory(fn, device) for side, fn in fns.items()}
-            entry["ours_peak_bytes"], entry["hf_peak_bytes"] = mem["ours"], mem["hf"]
-            entry["ratio_peak_bytes"] = (
-                mem["ours"] / mem["hf"] if mem["ours"] is not None and mem["hf"] else None
-            )
-        results[phase] = entry
-
-    meta = {
-        "device": str(device),
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "threads": torch.get_num_threads(),
-        "dtype": str(dtype).removeprefix("torch."),
-        "preset": args.preset,
-        "params": config.num_params(),
-        "batch": args.batch,
-        "seq_len": seq_len,
-        "gen_batch": gen_batch,
-        "prompt_len": args.prompt_len,
-        "new_tokens": args.new_tokens,
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "ours_attention": {"train_prefill": ours_backend, "cached_decode": decode_backend},
-        "hf_attention": hf.config._attn_implementation,
-        "memory": "cuda max_memory_allocated delta" if device.type == "cuda" else "sampled process RSS delta",
-        "sanity": {
-            "max_abs_logit_diff": diff,
-            "loss_ours": loss_ours,
-            "loss_hf": loss_hf,
-            "greedy_rows_identical": same_tokens,
-            "greedy_rows": gen_batch,
-        },
-    }
-    meta["wall_s"] = time.perf_counter() - start
-    report = {"meta": meta, "results": results}
+    report["meta"]["wall_s"] = time.perf_counter() - start
     print_report(report)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -366,49 +393,38 @@ def _fmt(value: float | None, scale: float) -> str:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    m, r = report["meta"], report["results"]
-    s = m["sanity"]
+    m = report["meta"]
     print(
-        f"device {m['device']} ({m['device_name']}) | torch {m['torch']} | "
-        f"transformers {m['transformers']} | threads {m['threads']} | {m['dtype']}"
+        f"device {m['device']} ({m['device_name']}) | torch {m['torch']} | transformers {m['transformers']} | "
+        f"threads {m['threads']} | {m['dtype']} | median of {m['steps']} after {m['warmup']} warmup"
     )
-    print(
-        f"preset {m['preset']} ({m['params'] / 1e6:.1f}M params) | "
-        f"train/prefill {m['batch']} x {m['seq_len']} | "
-        f"generate {m['gen_batch']} prompts x {m['prompt_len']} + {m['new_tokens']} new | "
-        f"median of {m['steps']} after {m['warmup']} warmup"
-    )
-    print(
-        f"attention: ours {m['ours_attention']['train_prefill']} (train/prefill), "
-        f"{m['ours_attention']['cached_decode']} (cached decode) | transformers {m['hf_attention']}"
-    )
-    print(
-        f"sanity: max|logits diff| {s['max_abs_logit_diff']:.2e} | loss {s['loss_ours']:.5f} vs "
-        f"{s['loss_hf']:.5f} | greedy rows identical {s['greedy_rows_identical']}/{s['greedy_rows']}"
-    )
-    rows = [
-        ("train fwd+bwd", "tokens/s", "train", "tokens_per_s", 1.0),
-        ("prefill fwd", "tokens/s", "prefill", "tokens_per_s", 1.0),
-        ("generate greedy", "new tok/s", "generate", "tokens_per_s", 1.0),
-    ]
+    for key, r in report["train"].items():
+        print(f"sanity {key}: loss ours {r['loss']['ours']:.5f} vs transformers {r['loss']['hf']:.5f}")
+    for key, r in report["inference"].items():
+        if "max_abs_logit_diff" in r:
+            print(f"sanity {key}: max|logits diff| {r['max_abs_logit_diff']:.2e}")
+        if "greedy_rows_identical" in r:
+            print(f"sanity {key}: greedy rows identical {r['greedy_rows_identical']}")
+    rows = []
+    units = [("tokens_per_s", "tokens/s", "new tok/s")]
     if m["device"] == "cpu":  # per CPU-second of this process: robust to other processes taking the cores
-        rows += [
-            ("train fwd+bwd", "tok/cpu-s", "train", "tokens_per_cpu_s", 1.0),
-            ("prefill fwd", "tok/cpu-s", "prefill", "tokens_per_cpu_s", 1.0),
-            ("generate greedy", "new/cpu-s", "generate", "tokens_per_cpu_s", 1.0),
-        ]
-    if "ours_peak_bytes" in r["train"]:
-        rows += [
-            ("train peak mem", "MiB", "train", "peak_bytes", MiB),
-            ("prefill peak mem", "MiB", "prefill", "peak_bytes", MiB),
-            ("generate peak mem", "MiB", "generate", "peak_bytes", MiB),
-        ]
-    print(f"\n{'metric':<18} {'unit':<10} {'ours':>12} {'transformers':>13} {'ours/HF':>8}")
-    for label, unit, phase, key, scale in rows:
-        ours, hf, ratio = r[phase][f"ours_{key}"], r[phase][f"hf_{key}"], r[phase][f"ratio_{key}"]
+        units.append(("tokens_per_cpu_s", "tok/cpu-s", "new/cpu-s"))
+    for key, unit, gen_unit in units:
+        rows += [("train fwd+bwd", unit, case, r, key, 1.0) for case, r in report["train"].items()]
+        for case, r in report["inference"].items():
+            label = "prefill fwd" if case.startswith("prefill") else "generate greedy"
+            rows.append((label, unit if label == "prefill fwd" else gen_unit, case, r, key, 1.0))
+    rows += [
+        ("train peak mem", "MiB", case, r, "peak_bytes", MiB)
+        for case, r in report["train"].items()
+        if "ours_peak_bytes" in r
+    ]
+    print(f"\n{'metric':<16} {'unit':<10} {'case':<28} {'ours':>10} {'transformers':>13} {'ours/HF':>8}")
+    for label, unit, case, r, key, scale in rows:
+        ratio = r[f"ratio_{key}"]
         print(
-            f"{label:<18} {unit:<10} {_fmt(ours, scale):>12} {_fmt(hf, scale):>13} "
-            f"{'n/a' if ratio is None else f'{ratio:.2f}':>8}"
+            f"{label:<16} {unit:<10} {case:<28} {_fmt(r[f'ours_{key}'], scale):>10} "
+            f"{_fmt(r[f'hf_{key}'], scale):>13} {'n/a' if ratio is None else f'{ratio:.2f}':>8}"
         )
     print(
         f"memory: {m['memory']} over one call (what was allocated before it excluded); "

@@ -14,10 +14,11 @@ Layers, each switchable off for tests only (the parent's `Limits.layers`):
 3. Landlock (Linux >= 5.13): no writes, deletes, renames or execve outside the working directory, no TCP
    bind/connect (ABI >= 4), no signals or abstract unix sockets beyond this process (ABI >= 6);
 4. a PEP 578 audit hook, which cannot be removed: refuses process creation, signals, sockets, ctypes, and
-   file-system changes outside the working directory (`dir_fd` included). Its tables and helpers live in its
-   closure, so patching this module (it runs as `__main__`) does not change it.
-Without seccomp (another OS or machine) RLIMIT_NPROC=0 is the backstop against new processes for non-root
-users, at the price of threads.
+   file-system changes (metadata included) outside the working directory (`dir_fd` and descriptors included).
+   Its tables and helpers live in its closure, so patching this module (it runs as `__main__`) does not
+   change it; the few spawning/signalling functions that raise no audit event are stubbed out.
+Where seccomp is wanted but missing (another OS or machine), RLIMIT_NPROC=0 is the backstop against new
+processes for non-root users, at the price of threads.
 
 Standard library only: this file runs in an isolated interpreter (-I), outside the package; eval/sandbox.py
 imports the codec and framing from it, so both sides speak the same format.
@@ -259,16 +260,15 @@ def install_audit_hook(workdir: str) -> None:
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
     handle_flags = os.O_DIRECTORY | getattr(os, "O_PATH", 0)
     # Events that start processes, signal, open sockets, reach C code or walk the interpreter's objects
-    # (which is how a program would find this hook's closure). Prefixes end with a dot.
+    # (which is how a program would find this hook's closure), with a few prefixes for whole families.
     blocked = frozenset({
         "os.system", "os.fork", "os.forkpty", "os.kill", "os.killpg", "os.posix_spawn", "os.posix_spawnp",
         "os.startfile", "signal.pthread_kill", "subprocess.Popen", "pty.spawn", "sys._current_frames",
         "gc.get_objects", "gc.get_referrers", "gc.get_referents", "resource.setrlimit", "resource.prlimit",
     })  # fmt: skip
     blocked_prefixes = ("ctypes.", "socket.", "os.exec", "os.spawn")
-    # Modules whose functions (`_posixsubprocess.fork_exec`) or removed entries raise no audit event, so they
-    # may not be (re)imported by the program.
-    no_import = frozenset({"_posixsubprocess", "posix", "_signal", "_ctypes"})
+    # Modules holding functions that raise no audit event, stubbed below: a fresh import would bring them back.
+    no_import = frozenset({"_posixsubprocess", "posix", "_signal"})
     # {event: ((path arg, dir_fd arg or None), ...)}: every path an event changes must lie inside.
     fs_events = {
         "os.mkdir": ((0, 2),), "os.remove": ((0, 1),), "os.rmdir": ((0, 1),), "os.rename": ((0, 2), (1, 3)),
@@ -306,16 +306,22 @@ def install_audit_hook(workdir: str) -> None:
                 resolved = ""
         return resolved or "/"
 
+    def opened(fd: int) -> str:
+        """Where an open descriptor points (Linux /proc; elsewhere the event is refused)."""
+        try:
+            return readlink(f"/proc/self/fd/{int(fd)}")
+        except OSError:
+            raise PermissionError(f"sandbox: cannot tell where descriptor {fd} points") from None
+
     def where(path, dir_fd) -> str:
-        """The resolved path an event names; relative paths count from `dir_fd`'s directory when given."""
+        """The resolved path an event names (a path, or a descriptor as `os.fchmod` passes); relative paths count
+        from `dir_fd`'s directory when given."""
+        if isinstance(path, int):
+            return opened(path)
         text = fsdecode(fspath(path))
         if dir_fd is None or dir_fd < 0 or text.startswith("/"):  # events report a missing dir_fd as -1
             return resolve(text, getcwd())
-        try:
-            base = readlink(f"/proc/self/fd/{int(dir_fd)}")
-        except OSError:
-            raise PermissionError("sandbox: cannot tell where dir_fd points") from None
-        return resolve(text, base)
+        return resolve(text, opened(dir_fd))
 
     def inside(resolved: str) -> bool:
         return resolved == root or resolved.startswith(root + "/")
@@ -362,19 +368,23 @@ def install_audit_hook(workdir: str) -> None:
                 check_symlink(args)
             for path_at, dir_fd_at in fs_events[event]:
                 path = args[path_at]
-                if isinstance(path, int):  # an open descriptor: only inside ones exist (see check_open)
-                    continue
                 dir_fd = args[dir_fd_at] if dir_fd_at is not None and dir_fd_at < len(args) else None
                 if not inside(where(path, dir_fd)):
                     raise PermissionError(f"sandbox: {event} on {path!r} outside the working directory")
 
-    # Functions that signal without raising an audit event: removed before the program runs (and `no_import`
-    # stops the ordinary way of getting them back).
+    # Functions that spawn or signal without raising an audit event are replaced before the program runs by
+    # one that refuses (the modules stay importable: `subprocess` and `asyncio` import from them), and
+    # `no_import` refuses a fresh copy of the modules.
+    import _posixsubprocess
     import signal
 
-    for module, name in ((os, "pidfd_open"), (posix, "pidfd_open"), (signal, "pidfd_send_signal")):
+    def refuse(*args, **kwargs):
+        raise PermissionError("sandbox: spawning processes and signalling through pidfds are not allowed")
+
+    for module, name in ((_posixsubprocess, "fork_exec"), (os, "pidfd_open"), (posix, "pidfd_open"),
+                         (signal, "pidfd_send_signal")):  # fmt: skip
         if hasattr(module, name):
-            delattr(module, name)
+            setattr(module, name, refuse)
     sys.addaudithook(hook)
 
 

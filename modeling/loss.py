@@ -67,8 +67,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
+        # Scaled in place: a second copy of the head-sized gradient would raise the peak. A second backward
+        # through the same graph (retain_graph) then fails loudly on the saved tensors' version counter.
         grads = [
-            (g * grad_output).to(dtype) if has else None
+            g.mul_(grad_output).to(dtype) if has else None
             for g, has, dtype in zip(ctx.saved_tensors, ctx.has, ctx.dtypes)
         ]
         return *grads, None, None, None, None

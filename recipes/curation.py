@@ -79,7 +79,10 @@ class FileSource:
 @dataclass
 class HubSource:
     name: str = setting("Source name recorded in each record's `source` field.")
-    dataset: str = setting("Hugging Face dataset id, e.g. bigcode/the-stack-dedup (streamed; needs network).")
+    dataset: str = setting(
+        "Hugging Face dataset id, e.g. bigcode/the-stack-dedup (streamed; needs network), or a local dataset "
+        "directory of Parquet/JSONL files (the same streaming path, offline)."
+    )
     config: str = setting("Dataset config / data_dir (empty: default).", "")
     split: str = setting("Split to stream.", "train")
     text_field: str = setting("Field holding the text ('content' for The Stack).", "text")

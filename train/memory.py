@@ -266,7 +266,7 @@ def describe(plan, fused_loss: bool) -> list[str]:
                 f"{'with' if ckpt else 'without'} checkpointing {'fits' if fits else 'does NOT fit'} "
                 f"(largest micro-batch {largest})"
             )
-        lines.append(f"    {name + ':':<11} {'; '.join(parts)}")
+        lines.append(f"    {name}: {'; '.join(parts)}")
     return lines
 
 

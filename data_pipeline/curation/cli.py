@@ -18,6 +18,7 @@ from data_pipeline.curation.decontaminate import run_decontaminate
 from data_pipeline.curation.dedup import run_dedup
 from data_pipeline.curation.executor import Submitted
 from data_pipeline.curation.heuristics import run_heuristics
+from data_pipeline.curation.humaneval_study import run_humaneval_study
 from data_pipeline.curation.mixture import run_shards
 from data_pipeline.curation.sources import run_sources
 from data_pipeline.curation.tokenizer import run_tokenizer
@@ -159,6 +160,7 @@ STAGES = {
     "edu-classifier": ("Random forest on embeddings of the annotations; saved with CV metrics.", _chain_stage("classifier", run_train_classifier, classified=True)),
     "edu-filter": ("Score documents with the saved classifier and keep the educational ones.", _chain_stage("edu", run_edu_filter, classified=True, extra=_edu_extra)),
     "decontaminate": ("Drop documents containing benchmark items (n-gram overlap); contamination report.", _chain_stage("decontaminated", run_decontaminate)),
+    "humaneval-study": ("Phi-1 Sec. 5.2: exercises vs HumanEval (AST match rate, embeddings); table; pruning.", _chain_stage("humaneval", run_humaneval_study)),
     "tokenizer": ("Train the byte-level BPE tokenizer (or copy a local one) in HF format.", _simple(_tokenizer, inputs=True)),
     "shards": ("Tokenize a weighted mixture into packed train/val token shards.", _simple(_shards, inputs=True, extra=_shards_args)),
     "curate": ("Run every curation stage of the recipe (skipping fresh ones).", _simple(_curate, inputs=False)),

@@ -2,7 +2,9 @@
 
 Per mixture component (runs/<name>/data/curation/<component>/):
     raw JSONL -> heuristics.jsonl -> dedup.jsonl -> [annotations.jsonl, classifier/, edu.jsonl] -> decontaminated.jsonl
-(the bracket only for components with edu_filter, when classifier.enabled). Then the tokenizer is trained
+    -> [humaneval.jsonl]
+(the first bracket only for components with edu_filter, when classifier.enabled; the second for the
+components humaneval_study lists, when it is enabled). Then the tokenizer is trained
 on every component's curated file (data/tokenizer/) and each mixture is packed (data/shards/<stage>/).
 Every step is skipped when its manifest says it is fresh.
 """
@@ -17,6 +19,7 @@ from data_pipeline.curation.common import curation_dir, data_path
 from data_pipeline.curation.decontaminate import run_decontaminate
 from data_pipeline.curation.dedup import run_dedup
 from data_pipeline.curation.heuristics import run_heuristics
+from data_pipeline.curation.humaneval_study import run_humaneval_study
 from data_pipeline.curation.mixture import run_shards
 from data_pipeline.curation.sources import run_sources
 from data_pipeline.curation.tokenizer import run_tokenizer
@@ -31,6 +34,7 @@ class ComponentPlan:
     component: MixtureComponent
     raw: Path
     dir: Path
+    study: bool = False  # Phi-1 Sec. 5.2 study (and pruning) against HumanEval after decontamination
 
     @property
     def classify(self) -> bool:
@@ -49,11 +53,14 @@ class ComponentPlan:
             "classifier": self.path("annotations"),
             "edu": self.path("dedup"),
             "decontaminated": self.path("edu") if self.classify else self.path("dedup"),
+            "humaneval": self.path("decontaminated"),
         }[step]
 
     @property
     def final(self) -> Path:
-        return self.path("decontaminated") if self.component.curate else self.raw
+        if not self.component.curate:
+            return self.raw
+        return self.path("humaneval") if self.study else self.path("decontaminated")
 
 
 def component_plans(recipe: Recipe) -> dict[str, ComponentPlan]:
@@ -66,7 +73,19 @@ def component_plans(recipe: Recipe) -> dict[str, ComponentPlan]:
             raise StageError(f"mixture component '{comp.name}' is declared twice with different settings")
         if not recipe.data.curation.classifier.enabled:
             comp = replace(comp, edu_filter=False)
-        plans[comp.name] = ComponentPlan(comp, data_path(recipe, comp.path), curation_dir(recipe) / comp.name)
+        study = recipe.data.curation.humaneval_study
+        plans[comp.name] = ComponentPlan(
+            comp,
+            data_path(recipe, comp.path),
+            curation_dir(recipe) / comp.name,
+            study=study.enabled and comp.name in study.components,
+        )
+    study = recipe.data.curation.humaneval_study
+    if study.enabled and (unknown := sorted(set(study.components) - set(plans))):
+        raise StageError(
+            f"data.curation.humaneval_study.components: no mixture component {', '.join(unknown)} "
+            f"(known: {', '.join(plans)})"
+        )
     return plans
 
 
@@ -96,6 +115,10 @@ def run_component(recipe: Recipe, plan: ComponentPlan, *, force: bool = False) -
     out["decontaminated"] = run_decontaminate(
         recipe, plan.input_of("decontaminated"), plan.path("decontaminated"), force=force
     )
+    if plan.study:
+        out["humaneval"] = run_humaneval_study(
+            recipe, plan.input_of("humaneval"), plan.path("humaneval"), force=force
+        )
     return out
 
 

@@ -116,7 +116,8 @@ def _parquet_rows(path: Path, text_field: str) -> Iterator[dict]:
 
 
 def iter_hub(cfg: HubSource) -> Iterator[dict]:
-    """Stream a Hugging Face dataset by name; needs network (not exercised offline)."""
+    """Stream a Hugging Face dataset by name (network), or a local dataset directory through the same
+    `datasets` streaming path (that is how the tests exercise it offline)."""
     import datasets
 
     try:

@@ -24,7 +24,25 @@ def test_dry_run(tmp_path, capsys, name, preset, tokens_per_step, launch):
     assert f"parameters:        {config.num_params():,} " in out
     assert f"tokens/step:       {tokens_per_step:,} = " in out
     assert launch in out
+    stages = len(load_recipe(name).train.stages)
+    for device in ("A100-40GB:", "A100-80GB:", "H100-80GB:"):  # the memory estimate's fit per device
+        assert out.count(f"    {device} without checkpointing ") == stages, device
+    assert out.count("  memory/GPU:        ") == stages
     assert not any(tmp_path.iterdir()), "a dry run must not write anything"
+
+
+def test_phi1_dry_run_shows_the_papers_chain(tmp_path, capsys):
+    """pretrain 36k steps exporting step 24k (phi-1-base), finetune from it, best of the 1k-step exports."""
+    assert main(["all", "--recipe", "phi1", "--dry-run", f"run_dir={tmp_path}"]) == 0
+    pretrain, finetune = capsys.readouterr().out.split("[finetune]")
+    assert "  steps:             36,000 " in pretrain
+    assert f"exports:           steps 24,000 -> {tmp_path}/pretrain/exports/step-N" in pretrain
+    assert f"init: pretrain@24000 ({tmp_path}/pretrain/exports/step-24000)" in finetune
+    assert "  steps:             6,000 " in finetune
+    assert "steps 1,000, 2,000, 3,000, 4,000, 5,000, 6,000" in finetune and "lowest held-out loss" in finetune
+    params = ModelConfig.from_preset("phi1").num_params()
+    assert 1.3e9 < params < 1.45e9  # microsoft/phi-1: 1,418,270,720 parameters, "1.3B" in the paper
+    assert f"parameters:        {params:,} " in pretrain and "paper:             1.3B (" in pretrain
 
 
 def test_phi1_schedule_matches_the_paper():
@@ -44,7 +62,8 @@ def test_phi1_schedule_matches_the_paper():
         0.01,
         6000,
     )
-    assert pre.schedule == fine.schedule == "linear" and fine.init_from == "pretrain"
+    assert pre.schedule == fine.schedule == "linear" and fine.init_from == "pretrain@24000"
+    assert pre.export_steps == [24000] and fine.export_every == 1000 and fine.select_best
     assert (recipe.model.config().num_layers, recipe.model.config().hidden_size) == (24, 2048)
 
 

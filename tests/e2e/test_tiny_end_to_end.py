@@ -28,9 +28,13 @@ CI_SIZE = [
     "train.pretrain.max_steps=40",
     "train.pretrain.eval_every=20",
     "train.pretrain.checkpoint_every=20",
+    "train.pretrain.export_steps=[24]",  # the phi-1-base analogue, 2/3 into the run as in the recipe
+    "train.finetune.init_from=pretrain@24",
     "train.finetune.max_steps=8",
     "train.finetune.eval_every=4",
     "train.finetune.checkpoint_every=4",
+    "train.finetune.export_every=4",  # selection candidates: steps 4 and 8
+    "eval.checkpoints=[pretrain@24, finetune]",
     f"eval.humaneval.limit={HUMANEVAL_LIMIT}",
     "eval.mbpp.limit=4",
     "eval.lm_eval=[{task: mmlu, shots: 5, limit: 1}, {task: arc_easy, shots: 0, limit: 8},"
@@ -100,8 +104,21 @@ def test_training_loss_went_down_and_finetune_started_from_pretrain(tiny_run):
     assert first_ft["loss"] < losses[0] * 0.8, "finetune did not start from the pretrained weights"
 
 
+def test_finetune_started_from_the_step_export_and_exported_its_best_step(tiny_run):
+    base = read_manifest(tiny_run / "pretrain" / "exports" / "step-24")
+    assert base["step"] == 24 and read_manifest(tiny_run / "pretrain" / "export")["step"] == 40
+    finetune = read_manifest(tiny_run / "finetune" / "export")
+    assert str(tiny_run / "pretrain" / "exports" / "step-24.manifest.json") in finetune["inputs"]
+    candidates = finetune["selection"]["candidates"]
+    assert sorted(candidates) == ["4", "8"]
+    assert finetune["step"] == int(min(candidates, key=candidates.get))
+    assert (tiny_run / "finetune" / "export" / "model.safetensors").read_bytes() == (
+        tiny_run / "finetune" / "exports" / f"step-{finetune['step']}" / "model.safetensors"
+    ).read_bytes()
+
+
 def test_benchmarks_scored_everything_they_were_given(tiny_run):
-    for label in ("pretrain", "finetune"):
+    for label in ("pretrain@24", "finetune"):
         result = json.loads((tiny_run / "eval" / label / "humaneval.json").read_text())
         samples = list(read_jsonl(tiny_run / "eval" / label / "humaneval.samples.jsonl"))
         assert result["problems"] == HUMANEVAL_LIMIT == len({s["task_id"] for s in samples})

@@ -141,7 +141,7 @@ def test_phases_must_cover_the_stage():
     with pytest.raises(RecipeError, match="phases"):
         load_recipe(
             "ablation-tiny", ["train.pretrain.phases=[{until_step: 10, shards: a}]"]
-        )  # max_steps is 60
+        )  # max_steps is 40
 
 
 def test_arms_differ_only_in_data():

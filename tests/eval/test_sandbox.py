@@ -118,7 +118,8 @@ def test_canonical_solutions_pass_and_wrong_ones_fail(tmp_path):
 
 
 def test_correct_programs_with_threads_and_relative_files_pass(problem):
-    """Threads start and relative paths (files, directories, tempfile, os.getcwd) work inside the directory."""
+    """Threads start, relative paths (files, directories, tempfile, os.getcwd) work inside the directory, and
+    modules that could spawn (subprocess, asyncio) still import."""
     threaded = body("""
 import threading
 found = []
@@ -129,7 +130,7 @@ for w in workers: w.start()
 for w in workers: w.join()
 return any(found)""")
     files = body("""
-import os, tempfile
+import os, tempfile, asyncio, subprocess  # importing is harmless; spawning is what the layers refuse
 os.makedirs('sub/dir', exist_ok=True)
 with open('sub/dir/numbers.txt', 'w') as f:
     f.write(' '.join(map(repr, numbers)))
@@ -203,9 +204,10 @@ def slug(name: str) -> str:
     return re.sub(r"\W+", "-", name).strip("-")
 
 
-def python_attacks(outside: Path, port: int) -> dict[str, tuple[str, str]]:
+def python_attacks(outside: Path, port: int, victim: Path) -> dict[str, tuple[str, str]]:
     """{name: (effect, body)}: attacks through Python's own API (what the audit hook sees). A "file" attack
-    aims to create `outside/<slug of "py: " + its name>`; "signal" ones send SIGUSR1 to this process."""
+    aims to create `outside/<slug of "py: " + its name>`; "signal" ones send SIGUSR1 to this process;
+    "metadata" ones make the existing files `victim` and `victim-fd` beside it world-writable."""
     at = {name: str(outside / slug("py: " + name)) for name in (
         "open outside", "os.open outside", "os.system", "posix.system", "subprocess", "_posixsubprocess.fork_exec",
         "fork and exec", "ctypes libc system", "tables patched, then ctypes", "hook closure tampered via gc",
@@ -283,6 +285,11 @@ def python_attacks(outside: Path, port: int) -> dict[str, tuple[str, str]]:
                 f"import ctypes\nctypes.CDLL(None).system(b'touch {at['tables patched, then ctypes']}')"
             ),
         ),
+        "chmod outside": ("metadata", body(f"import os\nos.chmod({str(victim)!r}, 0o777)")),
+        "fchmod outside": (
+            "metadata",
+            body(f"import os\nfd = os.open({str(victim) + '-fd'!r}, os.O_RDONLY)\nos.fchmod(fd, 0o777)"),
+        ),
         "hook closure tampered via gc": (
             "file",
             body(
@@ -310,7 +317,7 @@ def syscall_attacks(outside: Path, port: int, buffer_address: int) -> dict[str, 
     nr = DENY.get(platform.machine(), (0, {}, {}))[1]
     at = {
         name: str(outside / slug("sys: " + name))
-        for name in ("write outside", "fork and exec", "threads, then a process")
+        for name in ("io_uring openat outside", "write outside", "fork and exec", "threads, then a process")
     }
     return {
         "kill the evaluator": ("signal", body(libc + "libc.kill(os.getppid(), signal.SIGUSR1)")),
@@ -344,6 +351,7 @@ def syscall_attacks(outside: Path, port: int, buffer_address: int) -> dict[str, 
                 "libc.openat(d, b'sys-dir_fd-write-outside-openat', os.O_WRONLY | os.O_CREAT, 0o644)"
             ),
         ),
+        "io_uring openat outside": ("file", body(libc + io_uring_openat(nr, at["io_uring openat outside"]))),
         "write outside": ("file", body(f"open({at['write outside']!r}, 'w').write('x')")),
         "fork and exec": (
             "file",
@@ -366,6 +374,26 @@ def syscall_attacks(outside: Path, port: int, buffer_address: int) -> dict[str, 
     }
 
 
+def io_uring_openat(nr: dict, path: str) -> str:
+    """Body lines creating `path` through an io_uring IORING_OP_OPENAT (one submission, no open(2) call)."""
+    return (
+        "import mmap, struct\nparams = (ctypes.c_uint8 * 120)()  # struct io_uring_params\n"
+        f"ring = call({nr.get('io_uring_setup')}, 1, params)\nif ring < 0:\n"
+        "    raise OSError(ctypes.get_errno(), 'io_uring_setup')\n"
+        "(entries,), (tail_at,), (mask_at,), (array_at,) = (struct.unpack_from('I', params, o) for o in (0, 44, 48, 64))\n"
+        "rw = mmap.PROT_READ | mmap.PROT_WRITE\n"
+        "rings = mmap.mmap(ring, array_at + 4 * entries, mmap.MAP_SHARED, rw, offset=0)\n"
+        "sqes = mmap.mmap(ring, 64 * entries, mmap.MAP_SHARED, rw, offset=0x10000000)\n"
+        f"path = ctypes.create_string_buffer({path.encode()!r})\n"
+        "struct.pack_into('BBHiQQIIQ', sqes, 0, 18, 0, 0, -100, 0, ctypes.addressof(path), 0o644, "
+        "os.O_WRONLY | os.O_CREAT, 1)  # IORING_OP_OPENAT relative to AT_FDCWD\n"
+        "(tail,), (mask,) = struct.unpack_from('I', rings, tail_at), struct.unpack_from('I', rings, mask_at)\n"
+        "struct.pack_into('I', rings, array_at + 4 * (tail & mask), 0)\n"
+        "struct.pack_into('I', rings, tail_at, tail + 1)\n"
+        f"call({nr.get('io_uring_enter')}, ring, 1, 1, 1, 0, 0)  # submit, wait for the completion"
+    )
+
+
 @pytest.fixture
 def target(tmp_path):
     """Where attacks aim: a directory outside the sandbox, a live server and a buffer in this process."""
@@ -373,14 +401,21 @@ def target(tmp_path):
     outside.mkdir()
     server = Listener()
     buffer = ctypes.create_string_buffer(b"untouched", 12)
-    yield {"outside": outside, "port": server.port, "server": server, "buffer": buffer}
+    victim = tmp_path / "victim"
+    for path in (victim, tmp_path / "victim-fd"):
+        path.write_text("")
+        path.chmod(0o600)
+    yield {"outside": outside, "port": server.port, "server": server, "buffer": buffer, "victim": victim}
     server.close()
 
 
 def attacks(target: dict, families: tuple[str, ...] = ("py", "sys")) -> dict[str, tuple[str, str]]:
     out = {}
     if "py" in families:
-        out |= {f"py: {k}": v for k, v in python_attacks(target["outside"], target["port"]).items()}
+        out |= {
+            f"py: {k}": v
+            for k, v in python_attacks(target["outside"], target["port"], target["victim"]).items()
+        }
     if "sys" in families and LINUX:
         address = ctypes.addressof(target["buffer"])
         out |= {
@@ -396,6 +431,8 @@ def assert_no_side_effects(target: dict, usr1: list, verdicts: dict[str, dict]) 
     assert target["server"].accepted == 0
     assert usr1 == []
     assert target["buffer"].value == b"untouched"
+    for victim in (target["victim"], target["victim"].with_name("victim-fd")):
+        assert victim.stat().st_mode & 0o777 == 0o600, victim
 
 
 def test_hostile_programs_are_contained(problem, target, usr1):
@@ -421,7 +458,8 @@ def test_kernel_layers_hold_without_the_audit_hook(problem, target, usr1):
     """With no audit hook (so ctypes works), seccomp refuses signals, pidfds, rt_sigqueueinfo,
     process_vm_writev, processes and sockets, and Landlock refuses writes outside (dir_fd ones included):
     the syscall attacks and the Python ones."""
-    chosen = attacks(target)
+    # Landlock does not govern chmod/chown/utime (and seccomp cannot see paths): only the hook refuses those
+    chosen = {name: attack for name, attack in attacks(target).items() if attack[0] != "metadata"}
     verdicts = run(problem, {name: code for name, (_, code) in chosen.items()}, layers=KERNEL_ONLY)
     layers = next(v["layers"] for v in verdicts.values() if v["layers"])
     assert layers["seccomp"] is True and layers["audit_hook"] is False
@@ -450,11 +488,25 @@ def test_every_attack_has_its_effect_with_every_layer_off(problem, target, usr1)
     effects = [effect for effect, _ in chosen.values()]
     created = {p.name for p in target["outside"].iterdir()}
     expected = {slug(name) for name, (effect, _) in chosen.items() if effect == "file"}
+    if not io_uring_available():  # disabled by sysctl or a container's own filter: no effect to show
+        expected.discard(slug("sys: io_uring openat outside"))
     assert created == expected
     assert len(usr1) == effects.count("signal")
     assert target["server"].accepted == effects.count("net")
     if os.geteuid() == 0 or _ptrace_scope() == 0:  # else Yama refuses a child writing its parent's memory
         assert target["buffer"].value == b"overwritten"
+    for victim in (target["victim"], target["victim"].with_name("victim-fd")):
+        assert victim.stat().st_mode & 0o777 == 0o777, victim
+
+
+def io_uring_available() -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    fd = libc.syscall(ctypes.c_long(DENY[platform.machine()][1]["io_uring_setup"]), ctypes.c_long(1),
+                      (ctypes.c_uint8 * 120)())  # fmt: skip
+    if fd >= 0:
+        os.close(fd)
+    return fd >= 0
 
 
 def _ptrace_scope() -> int:

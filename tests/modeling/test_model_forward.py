@@ -9,7 +9,7 @@ import torch
 from modeling_helpers import PHI, hf_twin, small_config
 
 from modeling import Transformer
-from modeling.model import cu_seqlens, document_ids, select_backend
+from modeling.model import KVCache, cu_seqlens, document_ids, select_backend
 
 CONFIGS = {
     "gqa-tied": dict(num_kv_heads=2, tie_word_embeddings=True),
@@ -211,3 +211,23 @@ def test_dropout_only_in_training(block):
             a = model(ids, torch.arange(10).expand(2, 10))
             assert not torch.allclose(a, model.eval()(ids)) and torch.isfinite(a).all()
             model.train()
+
+
+@pytest.mark.slow  # dynamo tracing: ~10-30 s on the shared CI CPU
+@pytest.mark.parametrize("block", ["llama", "phi"])
+def test_block_has_no_graph_breaks(block):
+    """torch.compile sees each block as one graph for every layout (causal, packed documents, KV cache); the
+    layout itself is built eagerly outside the compiled region."""
+    model = Transformer(small_config(**(PHI if block == "phi" else {}))).eval()
+    positions = torch.tensor([list(range(5)) + list(range(7))] * 2)
+    cos, sin = model._rope(positions, False, torch.float32)
+    cache = KVCache.empty(model.config, 2, 20, "cpu", torch.float32)
+    layouts = [
+        model._layout(positions, False, None, torch.float32),
+        model._layout(positions, True, None, torch.float32),
+        model._layout(positions, True, cache, torch.float32),
+    ]
+    for layout in layouts:
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(model.layers[0])(torch.randn(2, 12, 64), cos, sin, layout)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons

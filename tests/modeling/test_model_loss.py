@@ -136,3 +136,13 @@ def test_no_logits_sized_tensor_is_kept_for_backward():
     numel = lambda shape: torch.Size(shape).numel()  # noqa: E731
     assert max(map(numel, plain_saved)) >= logits_size
     assert max(map(numel, chunked_saved)) <= vocab * hidden < logits_size
+
+
+def test_second_backward_through_the_loss_fails_loudly():
+    """The stored gradients are scaled in place, so reusing the graph must raise, never give wrong grads."""
+    model = Transformer(small_config())
+    ids, targets = batch()
+    loss = model(ids, targets=targets)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

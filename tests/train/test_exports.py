@@ -20,13 +20,13 @@ CANDIDATES = [3, 6, 9, 12]
 CHAIN = {
     # checkpoints at 8, 16, 24, all kept, so step 16's saved weights are the reference for its export
     "pretrain": {"export_steps": [16], "keep_last": 3},
-    # A learning rate far too high for finetuning, so the held-out loss turns up and the best step is not the last.
-    # Without document masking the plain causal transformers model scores the same loss.
+    # A learning rate warming up to far too high for finetuning, so the held-out loss turns up and the best step
+    # is not the last. Without document masking the plain causal transformers model scores the same loss.
     "finetune": {
         "init_from": "pretrain@16",
         "max_steps": 12,
         "lr": 3e-2,
-        "warmup_steps": 1,
+        "warmup_steps": 12,
         "export_every": 3,
         "select_best": True,
         "loss_spike_factor": 0.0,
@@ -109,6 +109,6 @@ def test_init_from_a_step_that_is_never_exported_is_a_recipe_error(make_run):
         RecipeError,
         match=r"finetune\.init_from: pretrain@20 is never exported; add 20 to pretrain\.export_steps",
     ):
-        load_recipe(make_run(finetune={"init_from": "pretrain@20"}))
+        load_recipe(make_run("never", finetune={"init_from": "pretrain@20"}))
     with pytest.raises(RecipeError, match=r"export_steps \[30\] lie outside \[1, max_steps=24\]"):
-        load_recipe(make_run(pretrain={"export_steps": [30]}))
+        load_recipe(make_run("outside", pretrain={"export_steps": [30]}))

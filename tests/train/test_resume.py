@@ -14,7 +14,9 @@ from train_testkit import kill_during_training, new_run, train_cli
 from train.checkpoint import checkpoints
 from train.metrics import read_metrics
 
-STEPS = {"pretrain": {"max_steps": 32}}  # checkpoints at 8, 16, 24, 32; validation at the same steps
+# Checkpoints at 8, 16, 24, 32; validation at the same steps; a model export at step 12 (a kill at 13 redoes it)
+# and export/ holds the better of steps 12 and 32 by held-out loss.
+STEPS = {"pretrain": {"max_steps": 32, "export_steps": [12], "select_best": True}}
 # Micro-batch 4 x 2 ranks = the plain run's micro-batch 4 x accumulation 2.
 LAYOUTS = {
     "plain": STEPS,
@@ -53,9 +55,10 @@ def assert_identical_runs(resumed, reference):
     for a, b in zip(got, want):
         for key in ("loss", "grad_norm", "lr", "tokens", "val_loss"):
             assert a.get(key) == b.get(key), (a["step"], key, a.get(key), b.get(key))
-    assert (resumed / "export" / "model.safetensors").read_bytes() == (
-        reference / "export" / "model.safetensors"
-    ).read_bytes()
+    for export in ("export", "exports/step-12", "exports/step-32"):
+        assert (resumed / export / "model.safetensors").read_bytes() == (
+            reference / export / "model.safetensors"
+        ).read_bytes(), export
 
 
 @pytest.mark.parametrize(

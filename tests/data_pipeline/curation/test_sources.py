@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from curation_helpers import STDLIB, read_records, write_records
+from curation_helpers import STDLIB, read_records, stdlib_text, write_records
 
 from data_pipeline.curation.sources import run_sources
 from stagekit.io import StageError
@@ -71,3 +71,22 @@ def test_source_errors(make_recipe, tmp_path):
     with pytest.raises(StageError, match="no documents found"):
         run_sources(make_recipe(NO_STDLIB), tmp_path / "out.jsonl")
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_hub_source_streams_a_local_dataset_through_datasets(make_recipe, tmp_path):
+    """The cluster path (`datasets.load_dataset(name, streaming=True)`) on a local Parquet dataset, offline."""
+    rows = [{"content": stdlib_text(n), "path": n} for n in ("colorsys.py", "keyword.py", "bisect.py")]
+    data = tmp_path / "the-stack-mini" / "data"
+    data.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows[:2]), data / "train-00000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[2:]), data / "train-00001.parquet")
+    hub = f"{{name: stack, dataset: {tmp_path / 'the-stack-mini'}, text_field: content}}"
+    recipe = make_recipe("data.curation.sources.stdlib.enabled=false", f"data.curation.sources.hub=[{hub}]")
+    manifest = run_sources(recipe, tmp_path / "corpus.jsonl")
+    # Reference: the Parquet rows as pyarrow reads them, in file order.
+    expected = [r for f in sorted(data.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    got = read_records(tmp_path / "corpus.jsonl")
+    assert [(r["text"], r["path"], r["source"]) for r in got] == [
+        (r["content"], r["path"], "stack") for r in expected
+    ]
+    assert manifest["counts"]["per_source"] == {"stack": 3}

@@ -67,7 +67,9 @@ def test_cosmopedia_seed_file_from_input(tmp_path):
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text(json.dumps({"topic": "Tides", "extract": "The moon pulls the oceans."}) + "\n")
     out = tmp_path / "p.jsonl"
-    recipe = _recipe(tmp_path, "data.generation.cosmopedia.num_prompts=3")
+    recipe = _recipe(
+        tmp_path, "data.generation.cosmopedia.num_prompts=2", "data.generation.cosmopedia.use_corpus=false"
+    )
     prompts_stage(recipe, "cosmopedia", [seeds], out)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["seed_kind"] for r in records} == {"extract"}
