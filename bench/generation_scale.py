@@ -7,8 +7,10 @@
    shingles, over the stage's diversity sample).
 2. The generation path against servers that answer instantly, so only the client side is measured: for each
    of `--sizes` (10k, 100k, 1M) a fresh process runs the `generate` stage (validate, shard, generate, merge) with
-   (a) datatrove's InferenceRunner + its `dummy` server type, and (b) the peer, our builtin runner + OpenAI
-   teacher against a local OpenAI-compatible load generator (datatrove's DummyHandler in a ThreadingHTTPServer).
+   (a) datatrove's InferenceRunner (`endpoint` server type) and (b) the peer, our builtin runner + OpenAI
+   teacher, both against a local OpenAI-compatible load generator (an aiohttp server in its own process that
+   answers every request at once; datatrove's own `dummy` server answers one request at a time with ~0.2 s of
+   Nagle/delayed-ACK stall, so it would measure itself, not the client).
    Prints prompts/s and peak RSS per size; RSS at 1M vs 10k is the flatness check.
 Benchmark only: nothing is asserted.
 
@@ -25,7 +27,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -65,15 +66,52 @@ def build_prompts(args: argparse.Namespace, work: Path) -> None:
         )
 
 
-def _start_load_generator() -> str:
-    """datatrove's DummyHandler (instant fixed answers) behind a threading HTTP server: the peer's server."""
-    from http.server import ThreadingHTTPServer
+ANSWER = {
+    "choices": [
+        {"message": {"role": "assistant", "content": "def f():\n    return 1\n"}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60},
+}
 
-    from datatrove.pipeline.inference.servers.dummy_server import DummyHandler
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), DummyHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}/v1"
+def serve(port_file: Path) -> None:
+    """The load generator: an aiohttp OpenAI-compatible server answering every chat request at once."""
+    from aiohttp import web
+
+    async def chat(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response(ANSWER)
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "load-generator", "object": "model"}]})
+
+    app = web.Application()
+    app.add_routes([web.post("/v1/chat/completions", chat), web.get("/v1/models", models)])
+
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port_file.write_text(str(sock.getsockname()[1]))
+    web.run_app(app, sock=sock, print=None, access_log=None)
+
+
+def _start_load_generator(work: Path) -> tuple[subprocess.Popen, str]:
+    port_file = work / "load-generator.port"
+    port_file.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port_file)])
+    while not port_file.is_file() or not port_file.read_text():
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port_file.read_text()}/v1"
+    import httpx
+
+    for _ in range(200):
+        try:
+            httpx.get(f"{url}/models", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    return proc, url
 
 
 def child(args: argparse.Namespace) -> None:
@@ -82,16 +120,13 @@ def child(args: argparse.Namespace) -> None:
     from recipes import load_recipe
 
     work = Path(args.work)
+    teacher = f"{{backend: openai, base_urls: [{args.url}], model: load-generator, concurrency: 64, batch_size: 256}}"
+    overrides = [f"run_dir={work}", f"data.generation.teacher={teacher}"]
     if args.child == "datatrove":
-        engine = [
-            "data.generation.inference={runner: datatrove, server_type: dummy, tasks: 1, max_concurrent: 64}"
-        ]
-    else:
-        url = _start_load_generator()
-        engine = [
-            f"data.generation.teacher={{backend: openai, base_urls: [{url}], model: dummy, concurrency: 64, batch_size: 256}}"
-        ]
-    recipe = load_recipe("tiny", [f"run_dir={work}", *engine])
+        overrides.append(
+            "data.generation.inference={runner: datatrove, server_type: endpoint, max_concurrent: 64}"
+        )
+    recipe = load_recipe("tiny", overrides)
     started = time.time()
     manifest = generate_stage(recipe, [Path(args.input)], work / f"gen-{args.child}.jsonl", force=True)
     seconds = time.time() - started
@@ -117,16 +152,17 @@ def generation(args: argparse.Namespace, work: Path) -> None:
         with source.open() as f, subset.open("w") as out:
             out.writelines(itertools.islice(f, size))
         for engine, label in (
-            ("datatrove", "datatrove InferenceRunner, dummy"),
-            ("builtin", "builtin + openai, load generator"),
+            ("datatrove", "datatrove InferenceRunner"),
+            ("builtin", "builtin runner + openai"),
         ):
+            server, url = _start_load_generator(work)
             cmd = [sys.executable, __file__, "--child", engine, "--input", str(subset), "--work", str(work)]
-            out = (
-                subprocess.run(cmd, capture_output=True, text=True, check=True)
-                .stdout.strip()
-                .splitlines()[-1]
-            )
-            r = json.loads(out)
+            try:
+                done = subprocess.run([*cmd, "--url", url], capture_output=True, text=True, check=True)
+            finally:
+                server.kill()
+                server.wait()
+            r = json.loads(done.stdout.strip().splitlines()[-1])
             print(f"{size:>9,} {label:32} {r['n'] / r['seconds']:>10,.0f} {r['rss_mib']:>13,.0f}", flush=True)
         subset.unlink()
 
@@ -144,7 +180,11 @@ def main() -> None:
     parser.add_argument("--skip-prompts", action="store_true", help="only the generation path")
     parser.add_argument("--child", choices=["datatrove", "builtin"], help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        return serve(Path(args.serve))
     if args.child:
         return child(args)
     with tempfile.TemporaryDirectory(prefix="genscale-", dir=args.work) as tmp:

@@ -128,8 +128,8 @@ def arm_overrides(recipe: Recipe, arm: Arm, seed: int) -> list[str]:
 def plan_runs(recipe_ref: str | Path, overrides: list[str]) -> tuple[Recipe, list[Run]]:
     recipe, overrides = load_ablation(recipe_ref, overrides)
     runs = []
-    for arm in recipe.ablation.arms:
-        for seed in recipe.ablation.seeds:
+    for seed in recipe.ablation.seeds:  # seed-major: a stopped run leaves whole seeds, each a complete comparison
+        for arm in recipe.ablation.arms:
             extra = arm_overrides(recipe, arm, seed)
             runs.append(Run(arm, seed, load_recipe(recipe_ref, [*overrides, *extra]), tuple(extra)))
     return recipe, runs

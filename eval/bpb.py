@@ -72,7 +72,7 @@ def load_model(model_dir: str | Path, device: str = "cpu"):
     """Any local HF causal LM (our exports load as LlamaForCausalLM) in fp32, eval mode."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     return model.to(device).eval()
 
 

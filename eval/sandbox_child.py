@@ -1,4 +1,4 @@
-"""The sandboxed side of one test run: `python -I -B sandbox_child.py REQUEST_FD RESPONSE_FD` (see eval/sandbox.py).
+"""The sandboxed side of one test run: `python -I -S -B sandbox_child.py REQUEST_FD RESPONSE_FD` (eval/sandbox.py).
 
 It never decides a verdict. It reads one job (workdir, limits, layers, program, entry point) from the request
 pipe, locks itself down, says `hello` (before any model code runs, so that message can be trusted), executes
@@ -438,6 +438,7 @@ def main(request_fd: int, response_fd: int) -> None:
     os.closerange(3, min(request_fd, response_fd))  # nothing but the two pipes and /dev/null stays open
     os.closerange(max(request_fd, response_fd) + 1, 1 << 16)
     send({"hello": layers})  # the last message written before model code runs
+    sys.path.extend(job["site_packages"])  # started with -S: packages import, .pth files are not run
     namespace: dict = {"__name__": "__candidate__"}
     try:
         exec(compile(job["program"], "<program>", "exec"), namespace)

@@ -258,6 +258,21 @@ class Block(nn.Module):
         return x + self.resid_dropout(self.mlp(self.mlp_norm(x)))
 
 
+class LMHead(nn.Linear):
+    """The output projection; given targets it returns the fused chunked cross-entropy instead of logits. The
+    loss runs inside this module's forward so that engines which gather a module's parameters in forward
+    hooks (DeepSpeed ZeRO-3, FSDP) see the head's weight used."""
+
+    def forward(
+        self, x: Tensor, targets: Tensor | None = None, reduction: str = "mean", chunk_rows: int = 1024
+    ):
+        if targets is None:
+            return super().forward(x)
+        return linear_cross_entropy(
+            x, self.weight, self.bias, targets, reduction=reduction, chunk_rows=chunk_rows
+        )
+
+
 def hf_pieces(name: str, config: ModelConfig) -> list[tuple[str, int]]:
     """Our parameter name -> [(HF state-dict key, rows)]: a fused tensor is the HF tensors stacked on dim 0."""
     phi = config.hf_model_type() == "phi"
@@ -297,7 +312,7 @@ class Transformer(nn.Module):
         self.embed_dropout = dropout_or_identity(config.embed_dropout)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
         self.norm = make_norm(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.bias)
+        self.lm_head = LMHead(config.hidden_size, config.vocab_size, bias=config.bias)
         # cos/sin of positions 0..max_seq_len-1 (not saved; rebuilt by init_weights / from_pretrained).
         self.register_buffer("rope_cos", torch.empty(config.max_seq_len, config.rotary_dim), persistent=False)
         self.register_buffer("rope_sin", torch.empty(config.max_seq_len, config.rotary_dim), persistent=False)
@@ -421,14 +436,7 @@ class Transformer(nn.Module):
         if kv_cache is not None:
             kv_cache.length += T
         if targets is not None:
-            return linear_cross_entropy(
-                self.norm(x),
-                self.lm_head.weight,
-                self.lm_head.bias,
-                targets,
-                reduction=loss_reduction,
-                chunk_rows=self.config.loss_chunk_rows,
-            )
+            return self.lm_head(self.norm(x), targets, loss_reduction, self.config.loss_chunk_rows)
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.norm(x)).float()

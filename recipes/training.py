@@ -196,7 +196,7 @@ class StageSection:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "checkpoint_every"):
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "export_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.global_batch_size % self.micro_batch_size:
@@ -207,8 +207,6 @@ class StageSection:
         outside = [n for n in self.export_steps if not 1 <= n <= self.max_steps]
         if outside:
             raise ValueError(f"export_steps {outside} lie outside [1, max_steps={self.max_steps}]")
-        if self.export_every < 0:
-            raise ValueError(f"export_every must be >= 0, got {self.export_every}")
         if self.warmup_steps > self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1 or not 0 < self.decay_fraction <= 1:

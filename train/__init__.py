@@ -1,7 +1,7 @@
 """Training: the two Phi-1 stages (pretrain -> finetune) with accelerate, DeepSpeed or FSDP (see README.md).
 
 Python entry points for orchestration:
-    train_stage(recipe, stage, *, force=False) -> Path   # the stage's export dir (HF Llama + tokenizer)
+    train_stage(recipe, stage, *, force=False) -> Path   # the stage's export dir (HF model + tokenizer)
     train_all(recipe, *, force=False) -> list[Path]      # recipe.train.stages in order
 Each skips a stage whose export manifest is fresh, and launches `accelerate launch` itself when the
 recipe's `launch` section asks for more than one process or an accelerate config.

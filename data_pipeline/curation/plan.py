@@ -137,6 +137,8 @@ def contamination_report(recipe: Recipe) -> dict:
     for name, plan in sorted(component_plans(recipe).items()):
         manifest = read_manifest(plan.path("decontaminated")) or {}
         for bench, rep in manifest.get("contamination", {}).items():
+            if "skipped" in rep:  # no local copy: reported as not checked
+                continue
             m = merged.setdefault(
                 bench,
                 {

@@ -84,7 +84,13 @@ def test_cli_all_without_checkpoint_exits_2_naming_it(tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2
-    assert f"error: {tmp_path}/pretrain/export: no exported checkpoint" in proc.stderr
+    from recipes.training import stage_export_dir
+
+    first = load_recipe("tiny", [f"run_dir={tmp_path}"]).eval.checkpoints[
+        0
+    ]  # e.g. pretrain@80: a step's export
+    assert f"error: {stage_export_dir(tmp_path, first)}: no exported checkpoint" in proc.stderr
+    assert f"eval.checkpoints entry '{first}'" in proc.stderr
 
 
 def test_cli_missing_benchmarks_dir_exits_2_saying_how(tmp_path, tiny_model):
