@@ -9,7 +9,6 @@ numbers for that benchmark ("not run" when the curation stage did not check it).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import importlib.util
@@ -81,20 +80,15 @@ def contamination(recipe: Recipe) -> dict[str, dict]:
 
 
 def lock_status() -> dict:
-    """Whether the installed packages are the locked ones, by `requirements/lock.py check` itself (its
-    messages captured); None where the lock is not beside this checkout (a non-editable install)."""
+    """Whether the installed packages are the locked ones, by `requirements/lock.py` itself; None where the
+    lock is not beside this checkout (a non-editable install)."""
     if not LOCK_SCRIPT.is_file():
         return {"lock": None, "matches": None, "differences": []}
     spec = importlib.util.spec_from_file_location("requirements_lock", LOCK_SCRIPT)
     lock = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(lock)
-    messages = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(messages):
-        matches = lock.check() == 0
-    prefix = "lock mismatch: "
-    differences = [
-        line.removeprefix(prefix) for line in messages.getvalue().splitlines() if line.startswith(prefix)
-    ]
+    differences = lock.mismatches()
+    matches = not differences
     return {"lock": "requirements/cpu.lock", "matches": matches, "differences": differences}
 
 

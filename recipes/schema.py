@@ -35,7 +35,8 @@ class DataSection:
 @dataclass
 class ModelSection:
     preset: str = setting(
-        "Named architecture preset from modeling.presets (tiny, phi1-small, phi1, cosmo-1b, smollm2-135m)."
+        "Named architecture preset from modeling.presets: tiny, phi1-small and phi1 (Phi-1's parallel block), "
+        "phi1-small-llama and phi1-llama (the same sizes as Llama blocks), cosmo-1b, smollm2-135m."
     )
     overrides: dict[str, Any] = setting(
         "ModelConfig fields to change on top of the preset (e.g. vocab_size is set from the tokenizer when null).",

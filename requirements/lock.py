@@ -102,14 +102,19 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def check() -> int:
-    """Every locked package installed at exactly its locked version (the project itself is not in the lock)."""
+def mismatches() -> list[str]:
+    """`name: locked X, installed Y` for every locked package not installed at exactly its locked version
+    (the project itself is not in the lock)."""
     installed = {_normalize(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
-    wrong = [
+    return [
         f"{name}: locked {want}, installed {installed.get(name, 'nothing')}"
         for name, want in sorted(locked_versions().items())
         if installed.get(name) != want
     ]
+
+
+def check() -> int:
+    wrong = mismatches()
     for line in wrong:
         print(f"lock mismatch: {line}", file=sys.stderr)
     if wrong:

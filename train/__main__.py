@@ -38,7 +38,8 @@ def parse(argv: list[str]) -> tuple[bool, argparse.Namespace]:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="print parameters, FLOPs/token, tokens/step and the launch command; train nothing",
+        help="print parameters, FLOPs/token, tokens/step, exports, the memory estimate and the launch command; "
+        "train nothing",
     )
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.pretrain.max_steps=20")
     return run_all, parser.parse_args(argv[1:] if run_all else argv)

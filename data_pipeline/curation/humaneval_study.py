@@ -139,14 +139,13 @@ def _scores(kind: str, scores: np.ndarray, floor: float, ids: list[str]) -> dict
     }
 
 
-def _table(kind: str, thresholds: list[float], best: list[float], close: dict[int, float], n: int) -> list:
+def _table(kind: str, thresholds: list[float], removed: Counter, close: dict[int, float], n: int) -> list:
     """Rows of Phi-1 Table 3's shape for one similarity measure."""
-    scores = np.asarray(best)
     return [
         {
             "measure": kind,
             "threshold": t,
-            "exercises_removed": int((scores >= t).sum()),
+            "exercises_removed": removed[t],
             "problems_similar": sum(1 for s in close.values() if s >= t),
             "problems_non_similar": n - sum(1 for s in close.values() if s >= t),
         }
@@ -168,14 +167,18 @@ def run_humaneval_study(recipe: Recipe, input: Path, output: Path, *, force: boo
         min([*cfg.embedding_thresholds, cfg.prune_embedding or 1.0]),
     )
     ids = worker.ready()._ids
-    best: dict[str, list[float]] = {"ast": [], "embedding": []}
-    closest: dict[str, dict[int, float]] = {"ast": {}, "embedding": {}}  # problem -> its closest exercise
+    thresholds = {"ast": cfg.ast_thresholds, "embedding": cfg.embedding_thresholds}
+    removed = {kind: Counter() for kind in thresholds}  # threshold -> exercises at or above it
+    closest: dict[str, dict[int, float]] = {
+        "ast": {},
+        "embedding": {},
+    }  # problem -> score of its closest exercise
     examples: list[dict] = []
 
     def decide(pairs):
         for record, result in pairs:
-            for kind in ("ast", "embedding"):
-                best[kind].append(result[f"best_{kind}"])
+            for kind in thresholds:
+                removed[kind].update(t for t in thresholds[kind] if result[f"best_{kind}"] >= t)
                 for i, score in result[kind]:
                     closest[kind][i] = max(closest[kind].get(i, 0.0), score)
             rule = None
@@ -206,12 +209,9 @@ def run_humaneval_study(recipe: Recipe, input: Path, output: Path, *, force: boo
     )
     writer = FilterWriter(STAGE, output, started)
     writer.write(decide(pairs))
-    table = _table("ast", cfg.ast_thresholds, best["ast"], closest["ast"], len(ids))
-    if cfg.embedder:
-        table += _table(
-            "embedding", cfg.embedding_thresholds, best["embedding"], closest["embedding"], len(ids)
-        )
-    study = {"problems": len(ids), "exercises": len(best["ast"]), "table": table, "examples": examples}
+    kinds = ["ast", "embedding"] if cfg.embedder else ["ast"]
+    table = [row for k in kinds for row in _table(k, thresholds[k], removed[k], closest[k], len(ids))]
+    study = {"problems": len(ids), "exercises": writer.seen, "table": table, "examples": examples}
     return writer.manifest(version=VERSION, params=params, inputs=[input], extra={"study": study})
 
 

@@ -218,7 +218,7 @@ CI_ARMS = (
     "ablation.arms=["
     "{name: raw, components: [{source: code_raw}]},"
     "{name: filtered, components: [{source: code_edu}]},"
-    "{name: synthetic, components: [{source: textbooks}, {source: exercises}]},"
+    "{name: synthetic, components: [{source: textbooks}]},"
     "{name: mixed, components: [{source: code_edu}, {source: textbooks}]},"
     "{name: random, components: [{source: code_raw, random_keep_like: code_edu}]},"
     "{name: two-phase, phases: [{until_step: 2, components: [{source: code_raw}]},"
@@ -228,8 +228,8 @@ CI_SIZE = [
     "data.generation.cosmopedia.num_prompts=3",
     "data.generation.code_textbook.num_prompts=3",
     "data.generation.sampling.max_new_tokens=48",
-    "data.generation.code_exercises.num_prompts=8",
-    "data.generation.code_exercises.max_new_tokens=96",
+    "data.generation.code_exercises.num_prompts=0",  # few short exercises parse: no finetune set in CI
+    "data.curation.shards.finetune=[]",
     "data.curation.sources.stdlib.max_files=60",
     "data.curation.classifier.sample_size=12",
     "data.curation.classifier.cv_folds=2",
