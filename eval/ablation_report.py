@@ -263,26 +263,31 @@ def markdown(recipe, runs, results: list[dict], compute_: dict, wall_seconds: fl
 
 
 def conclusion(results: list[dict], num_seeds: int) -> list[str]:
-    """One line per difference outside noise, then what stayed inside it."""
-    out, inside = [], []
+    """One line per compared pair: where a is better or worse outside noise, and where it is inside noise."""
+    verdicts: dict[tuple[str, str], dict[str, list[str]]] = {}
     for r in results:
         for d in r["differences"]:
-            where = f"{r['label']} {r['set']}"
-            if d["outside_noise"]:
-                better = (d["diff"] < 0) == (r["unit"] == "bits/byte")
-                out.append(
-                    f"- **{d['a']} vs {d['b']}** on {where}: {d['a']} is {'better' if better else 'worse'} by "
-                    f"{abs(d['diff']):.3f} {r['unit']} (CI {_ci(d['ci'])})."
-                )
-            else:
-                inside.append(f"{d['a']} vs {d['b']} on {where}")
-    if not out:
-        out.append("- No difference between arms is outside noise on any metric.")
-    out.append(f"- Inside noise (interval includes 0): {'; '.join(inside) if inside else 'none'}.")
+            lower_is_better = r["unit"] == "bits/byte"
+            kind = (
+                "inside"
+                if not d["outside_noise"]
+                else "better"
+                if (d["diff"] < 0) == lower_is_better
+                else "worse"
+            )
+            where = f"{r['set']} ({d['diff']:+.3f} {_ci(d['ci'])})" if kind != "inside" else r["set"]
+            verdicts.setdefault((d["a"], d["b"]), {"better": [], "worse": [], "inside": []})[kind].append(
+                where
+            )
+    out = []
+    for (a, b), v in verdicts.items():
+        parts = [f"{k} on {', '.join(v[k])}" for k in ("better", "worse") if v[k]]
+        inside = f"inside noise on {', '.join(v['inside'])}" if v["inside"] else "no metric inside noise"
+        out.append(f"- **{a} vs {b}**: {'; '.join(parts) or 'no difference outside noise'}; {inside}.")
     if num_seeds < 3:
         out.append(
-            f"- Only {num_seeds} seed(s) per arm: the seed part of each interval rests on {num_seeds} value(s), "
-            "so it understates seed-to-seed variation; the per-seed columns show it directly."
+            f"- Only {num_seeds} seed(s) per arm: the seed part of each interval rests on {num_seeds} value(s), so "
+            "the intervals understate seed-to-seed variation (with 1 seed they are item-sampling intervals only)."
         )
     return out
 
