@@ -128,7 +128,9 @@ def arm_overrides(recipe: Recipe, arm: Arm, seed: int) -> list[str]:
 def plan_runs(recipe_ref: str | Path, overrides: list[str]) -> tuple[Recipe, list[Run]]:
     recipe, overrides = load_ablation(recipe_ref, overrides)
     runs = []
-    for seed in recipe.ablation.seeds:  # seed-major: a stopped run leaves whole seeds, each a complete comparison
+    for (
+        seed
+    ) in recipe.ablation.seeds:  # seed-major: a stopped run leaves whole seeds, each a complete comparison
         for arm in recipe.ablation.arms:
             extra = arm_overrides(recipe, arm, seed)
             runs.append(Run(arm, seed, load_recipe(recipe_ref, [*overrides, *extra]), tuple(extra)))
@@ -144,10 +146,10 @@ def sources_used(recipe: Recipe) -> list[str]:
     return sorted(names)
 
 
-def is_heldout(doc_id: str, seed: int, fraction: float) -> bool:
-    """A document's held-out membership depends only on its id (and the seed), never on the set it is in."""
+def id_hash(doc_id: str, seed: int) -> float:
+    """A document's position in [0, 1): held out when below heldout_fraction, whatever set it is in."""
     digest = hashlib.sha256(f"{seed}:{doc_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") < fraction * 2**64
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def split_source(recipe: Recipe, name: str, curated: Path, *, force: bool = False) -> dict[str, Path]:
@@ -162,12 +164,14 @@ def split_source(recipe: Recipe, name: str, curated: Path, *, force: bool = Fals
     if fresh and not force:
         return paths
     started = time.time()
-    splits: dict[str, list[dict]] = {"train": [], "heldout": []}
-    for record in read_jsonl(curated, required=("id", "text")):
-        split = (
-            "heldout" if is_heldout(str(record["id"]), recipe.seed, params["heldout_fraction"]) else "train"
-        )
-        splits[split].append(record)
+    records = list(read_jsonl(curated, required=("id", "text")))
+    position = [id_hash(str(r["id"]), recipe.seed) for r in records]
+    # A small source with no document under the fraction holds out its lowest one, so it is still scored.
+    cut = max(params["heldout_fraction"], min(position, default=1.0) + 1e-12)
+    splits = {
+        "train": [r for r, p in zip(records, position) if p >= cut],
+        "heldout": [r for r, p in zip(records, position) if p < cut],
+    }
     if not splits["heldout"] or len(splits["train"]) < 2:
         raise StageError(
             f"{curated}: source '{name}' splits into {len(splits['train'])} train / {len(splits['heldout'])} held-out "

@@ -31,7 +31,7 @@ from data_pipeline.curation.executor import DocumentWorker, map_documents
 from recipes import Recipe, to_dict
 from stagekit.io import StageError, read_jsonl
 
-STAGE, VERSION = "decontaminate", "1"
+STAGE, VERSION = "decontaminate", "2"  # 2: whole items indexed too; missing benchmarks skipped
 _WORD = re.compile(r"\w+")
 
 # Benchmark name -> (file under benchmarks_dir, id field or None for the line number, text fields).

@@ -38,6 +38,7 @@ from recipes.curation import ExecutorConfig
 from stagekit.io import StageError, atomic_path, read_jsonl, read_jsonl_numbered, sha256_file, write_json
 
 FINISH_ONLY_ENV = "TEXTBOOKS_CURATION_FINISH_ONLY"
+PARTS_FORMAT = 2  # 2: one result per line, tasks own byte ranges (1: {"i", "r"} lines, strided records)
 
 
 class Submitted(StageError):
@@ -157,6 +158,7 @@ def _datatrove_parts(path, worker, executor, work_dir, batch_size, required, res
         work_dir = Path(executor.logging_dir) / f"{Path(work_dir).name}-{tag}"
     parts_dir = Path(work_dir) / "parts"
     spec = {
+        "parts_format": PARTS_FORMAT,
         "input": str(path),
         "input_sha256": sha256_file(path),
         "tasks": executor.tasks,
