@@ -1,27 +1,64 @@
-"""Stage `dedup`: exact (normalized sha256) and near-duplicate (MinHash LSH, datasketch) removal.
+"""Stage `dedup`: exact and near-duplicate removal on datatrove's own MinHash blocks, state kept on disk.
 
-Signatures are computed per document (inline or as datatrove tasks); the LSH pass then streams the
-documents in input order, so the first copy of every cluster is the one kept (deterministic). A
-candidate from the LSH index is confirmed by the MinHash Jaccard estimate before a document is dropped
-(Broder 1997; the ~0.8 threshold on 5-word shingles follows Gopher/FineWeb-style MinHash dedup).
+Five datatrove phases under a work dir beside the output (`executor.kind` picks inline / local / slurm):
+
+1. signatures: each task reads its own byte range of the input, writes MinHash signatures per band
+   (`MinhashDedupSignature`) and the 8-byte hash of every document's normalized text (`hashes/<rank>`);
+2. buckets: one task per band finds documents with an identical band (`MinhashDedupBuckets`);
+3. cluster: union-find over those pairs only (`MinhashDedupCluster`, one task, O(duplicates));
+4. keep-first (ours, one task, O(duplicates)): in every cluster the earliest document in input order stays
+   (datatrove's own choice follows union-by-size, not input order); a dropped copy whose normalized hash
+   equals an earlier member's is an `exact_duplicate`, else a `near_duplicate`;
+5. filter: each task drops its removals (`MinhashDedupFilter`) and writes its kept records to
+   `parts/<rank>.jsonl`; the driver concatenates the parts in rank order, i.e. input order.
+
+Exact copies share every shingle, so all bands collide and MinHash always clusters them; no pass keeps a
+set of all hashes. Bands x rows follow FineWeb's/datatrove's banding (Broder 1997); with `bands: 0` they
+are picked for `threshold` as datasketch does. There is no Jaccard confirmation step: a pair is a
+duplicate when one band matches, so the effective cut is the S-curve 1 - (1 - s^rows)^bands.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
+import json
+import os
 import re
+import shutil
+import struct
 import time
-from dataclasses import dataclass
+from collections import Counter, defaultdict
 from pathlib import Path
 
-from data_pipeline.curation.common import FilterWriter, fresh
-from data_pipeline.curation.executor import DocumentWorker, map_documents
-from recipes import Recipe, to_dict
+from datatrove.data import Document
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.dedup.minhash import (
+    MinhashConfig,
+    MinhashDedupBuckets,
+    MinhashDedupCluster,
+    MinhashDedupFilter,
+    MinhashDedupSignature,
+)
+from datatrove.utils.hashing import HashConfig
+from datatrove.utils.word_tokenizers import WordTokenizer
 
-STAGE, VERSION = "dedup", "1"
-MINHASH_SEED = 1  # fixed, with the scheme: signatures from different runs and tasks must be comparable
-MINHASH_SCHEME = "affine32"
+from data_pipeline.curation.common import fresh
+from data_pipeline.curation.executor import (
+    FINISH_ONLY_ENV,
+    FinishStage,
+    Submitted,
+    byte_range,
+    read_jsonl_range,
+)
+from recipes import Recipe, to_dict
+from recipes.curation import DedupConfig, ExecutorConfig
+from stagekit.io import StageError, atomic_path, read_jsonl, sha256_file, write_json, write_manifest
+
+STAGE, VERSION = "dedup", "2"
+MINHASH_SEED = 1  # fixed: signatures from different tasks and runs must be comparable
+HASH = struct.Struct("<8s")  # per document: the first 8 bytes of sha256(normalized text)
+RULES = ("exact_duplicate", "near_duplicate")
+MAX_EXAMPLES = 10
 
 _WS = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
@@ -32,99 +69,328 @@ def normalize(text: str) -> str:
     return _WS.sub(" ", text.lower()).strip()
 
 
-def shingles(text: str, kind: str, size: int) -> set[str]:
-    """Word or character n-grams of the normalized text (the whole text when it is shorter than n)."""
-    if kind == "word":
-        units = _WORD.findall(text.lower())
-        return {" ".join(units[i : i + size]) for i in range(max(1, len(units) - size + 1))}
-    flat = normalize(text)
-    return {flat[i : i + size] for i in range(max(1, len(flat) - size + 1))}
+def bands_rows(cfg: DedupConfig) -> tuple[int, int]:
+    """The LSH banding: as set, or chosen for `threshold` within `num_perm` hashes (datasketch's optimizer)."""
+    if cfg.bands:
+        return cfg.bands, cfg.rows
+    from datasketch.lsh import _optimal_param
+
+    return _optimal_param(cfg.threshold, cfg.num_perm, 0.5, 0.5)
 
 
-@dataclass
-class SignatureWorker(DocumentWorker):
-    shingle: str
-    shingle_size: int
-    num_perm: int
+def minhash_config(cfg: DedupConfig) -> MinhashConfig:
+    bands, rows = bands_rows(cfg)
+    # sha1 shingle hashes: datatrove's default xxhash rejects str in 0.10.1
+    return MinhashConfig(
+        n_grams=cfg.shingle_size,
+        num_buckets=bands,
+        hashes_per_bucket=rows,
+        seed=MINHASH_SEED,
+        hash_config=HashConfig(hash_fc="sha1", precision=64),
+    )
 
-    def process(self, records: list[dict]) -> list[dict]:
-        from datasketch import MinHash
 
-        out = []
-        for r in records:
-            m = MinHash(num_perm=self.num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME)
-            m.update_batch([s.encode("utf-8") for s in shingles(r["text"], self.shingle, self.shingle_size)])
-            exact = hashlib.sha256(normalize(r["text"]).encode("utf-8")).hexdigest()
-            out.append({"exact": exact, "minhash": [int(v) for v in m.hashvalues]})
-        return out
+class Units(WordTokenizer):
+    """Shingle units of datatrove's simplified text: words or characters (no spaCy, nothing downloaded).
+
+    A text shorter than n units is padded to one n-gram (the whole text), so short exact copies still match.
+    """
+
+    def __init__(self, kind: str, size: int):
+        super().__init__("code")
+        self.kind, self.size = kind, size
+
+    def word_tokenize(self, text: str) -> list[str]:
+        units = _WORD.findall(text) if self.kind == "word" else list(text)
+        return units + [""] * (self.size - len(units)) if 0 < len(units) < self.size else units
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [text]
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return [(0, len(text))]
+
+
+class ReadRange(PipelineStep):
+    """This task's byte range of the JSONL input as Documents (record in metadata, id = index in the task).
+
+    With `hashes_dir`, also writes the normalized-text hash of every document, in order, to hashes/<rank>.
+    """
+
+    name, type = "read range", "📖 - READER"
+
+    def __init__(self, path: str, hashes_dir: str | None = None):
+        super().__init__()
+        self.path, self.hashes_dir = path, hashes_dir
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        path = Path(self.path)
+        records = read_jsonl_range(path, *byte_range(path, rank, world_size), ("text",))
+        if self.hashes_dir is None:
+            for i, record in enumerate(records):
+                yield Document(text=record["text"], id=str(i), metadata={"record": record})
+            return
+        with atomic_path(Path(self.hashes_dir) / f"{rank:05d}") as tmp, open(tmp, "wb") as f:
+            for i, record in enumerate(records):
+                f.write(HASH.pack(hashlib.sha256(normalize(record["text"]).encode("utf-8")).digest()))
+                self.stat_update("documents")
+                yield Document(text=record["text"], id=str(i), metadata={"record": record})
+
+
+class KeepFirst(PipelineStep):
+    """One task: per MinHash cluster keep the earliest member, name the rule of each drop, write removals."""
+
+    name, type = "keep first", "🫂 - DEDUP"
+
+    def __init__(self, clusters_dir: str, hashes_dir: str, remove_dir: str, exact: bool, near: bool):
+        super().__init__()
+        self.clusters_dir, self.hashes_dir, self.remove_dir = clusters_dir, hashes_dir, remove_dir
+        self.exact, self.near = exact, near
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        members: dict[int, list[tuple[int, int]]] = defaultdict(list)  # cluster id -> (task, index)
+        for path in sorted(Path(self.clusters_dir).glob("*.clusters")):
+            task = int(path.stem)
+            for doc, cluster in struct.iter_unpack("<2I", path.read_bytes()):
+                members[cluster].append((task, doc))
+        removals: dict[int, list[int]] = defaultdict(list)
+        drops: Counter[str] = Counter()
+        examples, sizes = [], Counter()
+        hash_files = {}
+        try:
+            for group in members.values():
+                group.sort()  # (task, index) order is input order: tasks own contiguous byte ranges
+                first_of_hash: dict[bytes, tuple[int, int]] = {}
+                for i, (task, doc) in enumerate(group):
+                    f = hash_files.get(task) or hash_files.setdefault(
+                        task, open(Path(self.hashes_dir) / f"{task:05d}", "rb")
+                    )
+                    f.seek(doc * HASH.size)
+                    digest = f.read(HASH.size)
+                    earlier = first_of_hash.setdefault(digest, (task, doc))
+                    if i and self.exact and earlier != (task, doc):
+                        rule, keeper = "exact_duplicate", earlier
+                    elif i and self.near:
+                        rule, keeper = "near_duplicate", group[0]
+                    else:
+                        continue
+                    removals[task].append(doc)
+                    drops[rule] += 1
+                    sizes[keeper] += 1
+                    examples.append((task, doc, *keeper, rule))
+        finally:
+            for f in hash_files.values():
+                f.close()
+        out = Path(self.remove_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for task, docs in removals.items():
+            with atomic_path(out / f"{task:06d}.remove") as tmp:  # datatrove's filter reads <rank:06d>.remove
+                Path(tmp).write_bytes(struct.pack(f"<{len(docs)}I", *sorted(docs)))
+        summary = {
+            "drops": dict(sorted(drops.items())),
+            "clusters_with_duplicates": len(sizes),
+            "largest_cluster": 1 + max(sizes.values(), default=0),
+            "examples": sorted(examples)[:MAX_EXAMPLES],
+        }
+        write_json(out / "summary.json", summary)
+        return iter(())
+
+
+class WriteKept(PipelineStep):
+    """Kept records of this task to parts/<rank>.jsonl (atomic), plus the ids of documents in `examples`."""
+
+    name, type = "write kept", "💽 - WRITER"
+
+    def __init__(self, parts_dir: str):
+        super().__init__()
+        self.parts_dir = parts_dir
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        with (
+            atomic_path(Path(self.parts_dir) / f"{rank:05d}.jsonl") as tmp,
+            open(tmp, "w", encoding="utf-8") as f,
+        ):
+            for doc in data:
+                f.write(json.dumps(doc.metadata["record"], ensure_ascii=False) + "\n")
+                self.stat_update("kept")
+        return iter(())
+
+
+class ExampleIds(PipelineStep):
+    """Records the ids of the documents named by the keep-first examples (a handful) for the manifest."""
+
+    name, type = "example ids", "🔖 - TAGGER"
+
+    def __init__(self, remove_dir: str):
+        super().__init__()
+        self.remove_dir = remove_dir
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        summary = json.loads((Path(self.remove_dir) / "summary.json").read_text(encoding="utf-8"))
+        wanted = {(t, d) for ex in summary["examples"] for t, d in (ex[0:2], ex[2:4]) if t == rank}
+        found = {}
+        for doc in data:
+            if (rank, int(doc.id)) in wanted:
+                found[doc.id] = str(doc.metadata["record"].get("id", ""))
+            yield doc
+        write_json(Path(self.remove_dir) / f"ids-{rank:05d}.json", found)
+
+
+def _phases(cfg: DedupConfig, src: Path, work: Path, tasks: int) -> list[tuple[str, list, int]]:
+    mh = minhash_config(cfg)
+    d = {k: str(work / k) for k in ("sigs", "hashes", "buckets", "clusters", "remove", "parts")}
+    signature = MinhashDedupSignature(
+        output_folder=d["sigs"], config=mh, language=Units(cfg.shingle, cfg.shingle_size)
+    )
+    return [
+        ("signatures", [ReadRange(str(src), d["hashes"]), signature], tasks),
+        ("buckets", [MinhashDedupBuckets(d["sigs"], d["buckets"], config=mh)], mh.num_buckets),
+        ("cluster", [MinhashDedupCluster(d["buckets"], d["clusters"], config=mh, save_cluster_id=True)], 1),
+        ("keep-first", [KeepFirst(d["clusters"], d["hashes"], d["remove"], cfg.exact, cfg.near)], 1),
+        (
+            "filter",
+            [
+                ReadRange(str(src)),
+                ExampleIds(d["remove"]),
+                MinhashDedupFilter(d["remove"]),
+                WriteKept(d["parts"]),
+            ],
+            tasks,
+        ),
+    ]
+
+
+def _logs(work: Path, phase: str) -> Path:
+    # logs/ is the filter phase's, the one with a part per task (as for the other stages' map step)
+    return work / ("logs" if phase == "filter" else f"logs-{phase}")
+
+
+def _run_inline(pipeline: list, tasks: int) -> None:
+    for rank in range(tasks):
+        data = None
+        for step in pipeline:
+            data = step(data, rank, tasks)
+        for _ in data or ():
+            pass
+
+
+def _slurm_chain(phases, executor: ExecutorConfig, work: Path, resume) -> None:
+    from datatrove.executor import SlurmPipelineExecutor
+
+    common = {
+        "time": executor.slurm_time,
+        "partition": executor.slurm_partition,
+        "cpus_per_task": executor.slurm_cpus_per_task,
+        "mem_per_cpu_gb": executor.slurm_mem_per_cpu_gb,
+        "venv_path": executor.slurm_venv_path or None,
+        "sbatch_args": dict(executor.slurm_sbatch_args),
+    }
+    job = None
+    for name, pipeline, tasks in [*phases, ("finish", [FinishStage(resume)], 1)]:
+        job = SlurmPipelineExecutor(
+            pipeline=pipeline,
+            tasks=tasks,
+            depends=job,
+            job_name=f"dedup-{name}",
+            logging_dir=str(_logs(work, name)),
+            skip_completed=name != "finish",
+            **common,
+        )
+    job.run()  # launches its dependencies first
+    raise Submitted(f"submitted the Slurm dedup chain for {work}; its last job writes the output")
+
+
+def _run_phases(phases, executor: ExecutorConfig, work: Path, src: Path, resume) -> None:
+    if executor.kind == "slurm":
+        if os.environ.get(FINISH_ONLY_ENV):  # the finish job: the chain ran; the caller checks its parts
+            return
+        _slurm_chain(phases, executor, work, resume)
+    for name, pipeline, tasks in phases:
+        try:
+            if executor.kind == "inline":
+                _run_inline(pipeline, tasks)
+            else:
+                from datatrove.executor import LocalPipelineExecutor
+
+                LocalPipelineExecutor(
+                    pipeline=pipeline,
+                    tasks=tasks,
+                    workers=executor.workers,
+                    logging_dir=str(_logs(work, name)),
+                    skip_completed=True,  # a re-run redoes only the tasks that did not finish
+                ).run()
+        except StageError:
+            raise
+        except Exception as e:
+            for _ in read_jsonl(src, ("text",)):  # bad input raises its file:line error here, in the driver
+                pass
+            raise StageError(f"{work}: dedup phase {name!r} failed ({e!r}); see {_logs(work, name)}") from e
 
 
 def run_dedup(recipe: Recipe, input: Path, output: Path, *, force: bool = False) -> dict:
-    """Drop exact and near duplicates of `input` into `output` (first copy kept); returns the manifest."""
-    from datasketch import MinHash, MinHashLSH
-
+    """Drop exact and near duplicates of `input` into `output` (earliest copy kept); returns the manifest."""
     cfg = recipe.data.curation.dedup
+    executor = recipe.data.curation.executor
     params = to_dict(cfg)
     if manifest := fresh(output, stage=STAGE, version=VERSION, params=params, inputs=[input], force=force):
         return manifest
     started = time.time()
-    lsh = MinHashLSH(
-        threshold=cfg.threshold, num_perm=cfg.num_perm, params=(cfg.bands, cfg.rows) if cfg.bands else None
-    )
-    first_exact: dict[str, str] = {}  # normalized hash -> id of the kept copy
-    kept_minhash: dict[str, MinHash] = {}  # LSH key (input index) -> signature of a kept document
-    kept_ids: dict[int, str] = {}  # input index -> id of a kept document
-    cluster_sizes: dict[str, int] = {}  # kept id -> copies dropped in its favour
-    examples: list[dict] = []
+    src, output = Path(input), Path(output)
+    work = output.parent / "_datatrove" / output.stem
+    if executor.logging_dir:  # one shared root (e.g. a cluster filesystem): a subfolder per stage output
+        tag = hashlib.sha256(str(work.resolve()).encode()).hexdigest()[:10]
+        work = Path(executor.logging_dir) / f"{output.stem}-{STAGE}-{tag}"
+    tasks = 1 if executor.kind == "inline" else executor.tasks
+    spec = {"version": VERSION, "input_sha256": sha256_file(src), "tasks": tasks, "params": params}
+    spec_path = work / "spec.json"
+    if not (spec_path.is_file() and json.loads(spec_path.read_text(encoding="utf-8")) == spec):
+        shutil.rmtree(work, ignore_errors=True)  # other input or parameters: nothing here is reusable
+        work.mkdir(parents=True)
+        write_json(spec_path, spec)
+    for sub in ("hashes", "parts", "remove"):
+        (work / sub).mkdir(exist_ok=True)
+    resume = lambda: run_dedup(recipe, input, output, force=True)  # noqa: E731 - the Slurm finish job
+    _run_phases(_phases(cfg, src, work, tasks), executor, work, src, resume)
 
-    def decide(pairs):
-        for index, (record, sig) in enumerate(pairs):
-            doc_id = str(record.get("id", index))
-            if cfg.exact and sig["exact"] in first_exact:
-                keeper, rule, similarity = first_exact[sig["exact"]], "exact_duplicate", 1.0
-            else:
-                keeper = None
-                if cfg.near:
-                    m = MinHash(
-                        num_perm=cfg.num_perm,
-                        seed=MINHASH_SEED,
-                        scheme=MINHASH_SCHEME,
-                        hashvalues=sig["minhash"],
-                    )
-                    scored = [(int(k), m.jaccard(kept_minhash[k])) for k in lsh.query(m)]
-                    matches = sorted((i, s) for i, s in scored if s >= cfg.threshold)
-                    if matches:  # the earliest kept document wins, whatever order LSH returns candidates in
-                        keeper, similarity = kept_ids[matches[0][0]], matches[0][1]
-                        rule = "near_duplicate"
-                    else:
-                        lsh.insert(str(index), m)
-                        kept_minhash[str(index)] = m
-                if keeper is None:
-                    first_exact.setdefault(sig["exact"], doc_id)
-                    kept_ids[index] = doc_id
-                    yield record, None
-                    continue
-            cluster_sizes[keeper] = cluster_sizes.get(keeper, 0) + 1
-            if len(examples) < 10:
-                examples.append(
-                    {"kept": keeper, "dropped": doc_id, "rule": rule, "jaccard": round(similarity, 3)}
-                )
-            yield record, rule
-
-    worker = SignatureWorker(cfg.shingle, cfg.shingle_size, cfg.num_perm)
-    pairs = map_documents(
-        input,
-        worker,
-        recipe.data.curation.executor,
-        work_dir=Path(output).parent / "_datatrove" / Path(output).stem,
-        desc=STAGE,
-        resume=functools.partial(run_dedup, recipe, input, output, force=True),
+    seen = sum((work / "hashes" / f"{r:05d}").stat().st_size // HASH.size for r in range(tasks))
+    if seen == 0:
+        raise StageError(f"[{STAGE}] the input {src} is empty; nothing to write to {output}")
+    kept = 0
+    with atomic_path(output) as tmp, open(tmp, "wb") as out:
+        for r in range(tasks):
+            part_path = work / "parts" / f"{r:05d}.jsonl"
+            if not part_path.is_file():
+                raise StageError(f"{part_path}: dedup task {r} did not finish; see {_logs(work, 'filter')}")
+            with open(part_path, "rb") as part:
+                kept += sum(1 for _ in part)
+                part.seek(0)
+                shutil.copyfileobj(part, out)
+    summary = json.loads((work / "remove" / "summary.json").read_text(encoding="utf-8"))
+    ids = {}
+    for r in range(tasks):
+        ids.update(
+            {
+                (r, int(k)): v
+                for k, v in json.loads((work / "remove" / f"ids-{r:05d}.json").read_text()).items()
+            }
+        )
+    examples = [
+        {"kept": ids.get((kt, kd)), "dropped": ids.get((t, d)), "rule": rule}
+        for t, d, kt, kd, rule in summary.pop("examples")
+    ]
+    drops = summary.pop("drops")
+    if seen - kept != sum(drops.values()):
+        raise StageError(f"{work}: {seen - kept} documents dropped but {drops} planned; re-run with --force")
+    bands, rows = bands_rows(cfg)
+    clusters = {**summary, "examples": examples}
+    return write_manifest(
+        output,
+        stage=STAGE,
+        version=VERSION,
+        params=params,
+        inputs=[src],
+        counts={"in": seen, "out": kept, "dropped": seen - kept},
+        drops=drops,
+        started=started,
+        extra={"clusters": clusters, "lsh": {"bands": bands, "rows": rows}},
     )
-    writer = FilterWriter(STAGE, output, started)
-    writer.write(decide(pairs))
-    clusters = {
-        "clusters_with_duplicates": len(cluster_sizes),
-        "largest_cluster": 1 + max(cluster_sizes.values(), default=0),
-        "examples": examples,
-    }
-    return writer.manifest(version=VERSION, params=params, inputs=[input], extra={"clusters": clusters})

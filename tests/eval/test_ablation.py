@@ -44,12 +44,8 @@ def test_item_loglikelihoods_equal_lm_eval(tiny_model):
     assert [s.nll for s in ours] == pytest.approx([-r for r in reference], rel=1e-4, abs=1e-3)
     # The byte count is that of the scored text (the prompt's trailing whitespace moves into it, as in lm-eval).
     first = problems[0]
-    moved = len(first["prompt"]) - len(first["prompt"].rstrip())
-    assert (
-        ours[0].bytes == len((first["prompt"][-moved:] + first["canonical_solution"]).encode())
-        if moved
-        else True
-    )
+    trailing = first["prompt"][len(first["prompt"].rstrip()) :]
+    assert trailing and ours[0].bytes == len((trailing + first["canonical_solution"]).encode())
     assert ours[-1].bytes == len(docs[-1].encode())
 
 

@@ -14,13 +14,10 @@ from pathlib import Path
 
 import pytest
 
-for module in ("orjson", "aiosqlite", "aiofiles"):  # datatrove[inference]'s client side
-    pytest.importorskip(module, reason="datatrove's InferenceRunner needs orjson, aiosqlite and aiofiles")
-
-from data_pipeline.generation.runner import load_prompts, parts_dir, run_prompts  # noqa: E402
-from data_pipeline.generation.stages import generate_stage, method_sampling  # noqa: E402
-from data_pipeline.teachers.transformers_teacher import TransformersTeacher  # noqa: E402
-from recipes import load_recipe  # noqa: E402
+from data_pipeline.generation.runner import load_prompts, parts_dir, run_prompts
+from data_pipeline.generation.stages import generate_stage, method_sampling
+from data_pipeline.teachers.transformers_teacher import TransformersTeacher
+from recipes import load_recipe
 
 REPO = Path(__file__).resolve().parents[3]
 N = 6
