@@ -21,6 +21,7 @@ import argparse
 import json
 import random
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -41,23 +42,18 @@ MEASURE = (
 )
 
 PEER = """
-import json, re, sys
+import sys
 from pathlib import Path
 from datatrove.data import Document
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.dedup import minhash
-from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
-    MinhashDedupFilter, MinhashDedupSignature)
-from datatrove.utils.hashing import HashConfig
+from datatrove.pipeline.dedup.minhash import (MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter,
+    MinhashDedupSignature)
+from data_pipeline.curation.dedup import Units, minhash_config
 from data_pipeline.curation.executor import byte_range, read_jsonl_range
+from recipes.curation import DedupConfig
 
 src, work, tasks, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-WORD = re.compile(r"\\w+")
-
-class Words:  # datatrove's default word tokenizers need spaCy models (offline here)
-    def word_tokenize(self, text, *a, **k):
-        return WORD.findall(text.lower())
 
 class Read(PipelineStep):  # this task's byte range, as our stages read it
     name = "read"
@@ -73,9 +69,11 @@ class Count(PipelineStep):
         return iter(())
 
 if __name__ == "__main__":
-    cfg = MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8, hash_config=HashConfig(hash_fc="sha1", precision=64))
-    minhash.load_word_tokenizer = lambda language: Words()
-    sig = MinhashDedupSignature(output_folder=str(work / "sigs"), config=cfg)
+    # The same MinHash parameters as the dedup stage's defaults (bands x rows, 5-grams, sha1, numbers kept),
+    # so the removals differ only by what the stage adds (exact/near rules, earliest copy kept).
+    dd = DedupConfig()
+    cfg = minhash_config(dd)
+    sig = MinhashDedupSignature(output_folder=str(work / "sigs"), config=cfg, language=Units(dd.shingle, dd.shingle_size))
     run = lambda pipe, t, name: LocalPipelineExecutor(pipeline=pipe, tasks=t, workers=workers,
         logging_dir=str(work / "logs" / name), skip_completed=False).run()
     run([Read(), sig], tasks, "sig")
@@ -165,11 +163,12 @@ def run_size(n: int, args, root: Path) -> list[dict]:
         "data.curation.tokenizer.vocab_size=4096",
     ]
     tok = work / "tok"
-    subprocess.run(
-        [sys.executable, "-m", "data_pipeline", "tokenizer", "--input", str(corpus), "--output", str(tok),
-         *base, "data.curation.tokenizer.max_documents=5000"],
-        cwd=REPO, check=True, capture_output=True,
-    )  # fmt: skip
+    if "shards" in args.stages:
+        subprocess.run(
+            [sys.executable, "-m", "data_pipeline", "tokenizer", "--input", str(corpus), "--output", str(tok),
+             *base, "data.curation.tokenizer.max_documents=5000"],
+            cwd=REPO, check=True, capture_output=True,
+        )  # fmt: skip
     rows = []
     for workers in args.workers:
         ex = [
@@ -179,10 +178,12 @@ def run_size(n: int, args, root: Path) -> list[dict]:
         ]
         d = work / f"w{workers}"
         d.mkdir(exist_ok=True)
-        src = corpus
-        for stage in STAGES:
+        src = dedup_in = corpus
+        for stage in args.stages:
             out = d / ("shards" if stage == "shards" else f"{stage}.jsonl")
             extra = ["--tokenizer", str(tok)] if stage == "shards" else []
+            if stage == "dedup":
+                dedup_in = src
             docs_in = count_lines(src)
             wall, rss, _ = measured(stage_cmd(stage, src, out, base + ex) + extra, d / f"{stage}.log")
             kept = count_lines(out) if out.suffix == ".jsonl" else None
@@ -191,10 +192,12 @@ def run_size(n: int, args, root: Path) -> list[dict]:
             print(json.dumps(rows[-1]), flush=True)
             if out.suffix == ".jsonl":
                 src = out
+        if "dedup" not in args.stages:
+            continue
         peer_dir = d / "peer"
+        shutil.rmtree(peer_dir, ignore_errors=True)  # the peer never reuses an earlier run's files
         script = work / "peer.py"
         script.write_text(PEER)
-        dedup_in = d / "heuristics.jsonl"
         wall, rss, stdout = measured(
             [sys.executable, str(script), str(dedup_in), str(peer_dir), str(args.tasks), str(workers)],
             d / "peer.log",
@@ -245,6 +248,13 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 100000])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--tasks", type=int, default=4, help="datatrove tasks per stage")
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        choices=STAGES,
+        default=list(STAGES),
+        help="chain these (in order); dedup adds the peer",
+    )
     parser.add_argument("--dup-rate", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--benchmarks", default=str(REPO.parent / "shared" / "benchmarks"))

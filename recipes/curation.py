@@ -222,18 +222,36 @@ class HeuristicsConfig:
 
 @dataclass
 class DedupConfig:
+    """datatrove's MinHash (signatures -> buckets -> cluster, on disk) plus the earliest copy of a cluster kept."""
+
     exact: bool = setting(
-        "Drop exact duplicates after normalization (lowercase, collapsed whitespace).", True
+        "Drop exact duplicates after normalization (lowercase, collapsed whitespace), counted as "
+        "`exact_duplicate`; they always share a MinHash cluster, so no set of all hashes is kept.",
+        True,
     )
-    near: bool = setting("Drop near-duplicates with MinHash LSH (datasketch).", True)
-    shingle: Literal["word", "char"] = setting("Shingles: word n-grams or character n-grams.", "word")
+    near: bool = setting(
+        "Drop near-duplicates: other members of a MinHash cluster (datatrove's blocks), counted as `near_duplicate`.",
+        True,
+    )
+    shingle: Literal["word", "char"] = setting(
+        "Shingle units of datatrove's simplified text (lowercase, punctuation removed, digits kept): words or "
+        "characters.",
+        "word",
+    )
     shingle_size: int = setting("n of the shingles (5 words, as in the Gopher/FineWeb MinHash set-up).", 5)
-    num_perm: int = setting("MinHash permutations.", 128)
+    num_perm: int = setting("MinHash hashes available when bands is 0 (bands * rows <= num_perm).", 128)
     threshold: float = setting(
-        "Jaccard similarity at or above which documents are duplicates (~0.8 common).", 0.8
+        "Jaccard similarity the banding is tuned for when bands is 0 (datasketch's optimizer, equal false-positive "
+        "and false-negative weights: 0.8 with 128 hashes -> 9 bands x 13 rows). There is no per-pair check: "
+        "one identical band makes two documents duplicates.",
+        0.8,
     )
-    bands: int = setting("LSH bands (0: datasketch picks bands x rows for the threshold).", 0)
-    rows: int = setting("LSH rows per band (with bands; bands * rows <= num_perm).", 0)
+    bands: int = setting(
+        "LSH bands = datatrove MinHash buckets, one bucket task each (0: chosen from threshold and num_perm; "
+        "datatrove's/FineWeb's default is 14).",
+        0,
+    )
+    rows: int = setting("Hashes per band (datatrove hashes_per_bucket; FineWeb: 8); set with bands.", 0)
 
     def __post_init__(self) -> None:
         if bool(self.bands) != bool(self.rows) or self.bands * self.rows > self.num_perm:
@@ -389,7 +407,9 @@ class CurationSection:
     heuristics: HeuristicsConfig = setting(
         "Rule-based quality filters per profile.", factory=HeuristicsConfig
     )
-    dedup: DedupConfig = setting("Exact and MinHash-LSH near-duplicate removal.", factory=DedupConfig)
+    dedup: DedupConfig = setting(
+        "Exact and MinHash near-duplicate removal (datatrove's blocks).", factory=DedupConfig
+    )
     decontamination: DecontaminationConfig = setting(
         "Benchmark n-gram decontamination.", factory=DecontaminationConfig
     )

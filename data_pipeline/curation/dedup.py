@@ -40,6 +40,7 @@ from datatrove.pipeline.dedup.minhash import (
     MinhashDedupSignature,
 )
 from datatrove.utils.hashing import HashConfig
+from datatrove.utils.text import TextNormConfig
 from datatrove.utils.word_tokenizers import WordTokenizer
 
 from data_pipeline.curation.common import fresh
@@ -86,6 +87,8 @@ def minhash_config(cfg: DedupConfig) -> MinhashConfig:
         num_buckets=bands,
         hashes_per_bucket=rows,
         seed=MINHASH_SEED,
+        # numbers stay as written (datatrove maps digits to 0 for web prose): constants distinguish code
+        norm_config=TextNormConfig(norm_numbers=False),
         hash_config=HashConfig(hash_fc="sha1", precision=64),
     )
 

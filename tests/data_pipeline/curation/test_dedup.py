@@ -11,7 +11,11 @@ from curation_helpers import STDLIB, read_records, stdlib_text, write_records
 from data_pipeline.curation.dedup import run_dedup
 from stagekit.io import StageError, sha256_file
 
-LOCAL = ("data.curation.executor.kind=local", "data.curation.executor.tasks=3", "data.curation.executor.workers=2")
+LOCAL = (
+    "data.curation.executor.kind=local",
+    "data.curation.executor.tasks=3",
+    "data.curation.executor.workers=2",
+)
 
 
 def _shingles(text: str) -> set[str]:
@@ -82,7 +86,9 @@ def test_thresholds_and_switches(make_recipe, tmp_path):
     )
     assert char["drops"] == {"exact_duplicate": 1, "near_duplicate": 1}
     banded = run_dedup(
-        make_recipe("data.curation.dedup.bands=14", "data.curation.dedup.rows=8"), src, tmp_path / "banded.jsonl"
+        make_recipe("data.curation.dedup.bands=14", "data.curation.dedup.rows=8"),
+        src,
+        tmp_path / "banded.jsonl",
     )
     assert banded["lsh"] == {"bands": 14, "rows": 8}
 
