@@ -49,11 +49,13 @@ from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import (MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter,
     MinhashDedupSignature)
-from data_pipeline.curation.dedup import Units, minhash_config
+from dataclasses import replace
+from datatrove.utils.hashing import HashConfig
+from data_pipeline.curation.dedup import Units, _xxh64, minhash_config
 from data_pipeline.curation.executor import byte_range, read_jsonl_range
 from recipes.curation import DedupConfig
 
-src, work, tasks, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+src, work, tasks, workers, hash_fc = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 
 class Read(PipelineStep):  # this task's byte range, as our stages read it
     name = "read"
@@ -69,11 +71,15 @@ class Count(PipelineStep):
         return iter(())
 
 if __name__ == "__main__":
-    # The same MinHash parameters as the dedup stage's defaults (bands x rows, 5-grams, sha1, numbers kept),
-    # so the removals differ only by what the stage adds (exact/near rules, earliest copy kept).
+    # The dedup stage's default MinHash parameters (bands x rows, 5-grams, digits kept). Shingle hash: sha1,
+    # the one that works on str in datatrove 0.10.1 as shipped, or (xxhash) the stage's xxhash64 of UTF-8.
     dd = DedupConfig()
     cfg = minhash_config(dd)
+    if hash_fc == "sha1":
+        cfg = replace(cfg, hash_config=HashConfig(hash_fc="sha1", precision=64))
     sig = MinhashDedupSignature(output_folder=str(work / "sigs"), config=cfg, language=Units(dd.shingle, dd.shingle_size))
+    if hash_fc == "xxhash":
+        sig._hash_func = _xxh64
     run = lambda pipe, t, name: LocalPipelineExecutor(pipeline=pipe, tasks=t, workers=workers,
         logging_dir=str(work / "logs" / name), skip_completed=False).run()
     run([Read(), sig], tasks, "sig")
@@ -177,7 +183,10 @@ def run_size(n: int, args, root: Path) -> list[dict]:
             f"data.curation.executor.workers={workers}",
         ]
         d = work / f"w{workers}"
-        d.mkdir(exist_ok=True)
+        shutil.rmtree(
+            d, ignore_errors=True
+        )  # nothing reused from an earlier run (stages resume from their parts)
+        d.mkdir()
         src = dedup_in = corpus
         for stage in args.stages:
             out = d / ("shards" if stage == "shards" else f"{stage}.jsonl")
@@ -199,7 +208,15 @@ def run_size(n: int, args, root: Path) -> list[dict]:
         script = work / "peer.py"
         script.write_text(PEER)
         wall, rss, stdout = measured(
-            [sys.executable, str(script), str(dedup_in), str(peer_dir), str(args.tasks), str(workers)],
+            [
+                sys.executable,
+                str(script),
+                str(dedup_in),
+                str(peer_dir),
+                str(args.tasks),
+                str(workers),
+                args.peer_hash,
+            ],
             d / "peer.log",
         )
         kept = int(next(x for x in stdout.splitlines() if x.startswith("KEPT")).split()[1])
@@ -254,6 +271,12 @@ def main() -> None:
         choices=STAGES,
         default=list(STAGES),
         help="chain these (in order); dedup adds the peer",
+    )
+    parser.add_argument(
+        "--peer-hash",
+        choices=["sha1", "xxhash"],
+        default="sha1",
+        help="the peer's shingle hash: sha1 (datatrove 0.10.1 as shipped) or the stage's xxhash64 of UTF-8",
     )
     parser.add_argument("--dup-rate", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)

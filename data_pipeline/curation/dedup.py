@@ -1,15 +1,16 @@
 """Stage `dedup`: exact and near-duplicate removal on datatrove's own MinHash blocks, state kept on disk.
 
-Five datatrove phases under a work dir beside the output (`executor.kind` picks inline / local / slurm):
+Four datatrove phases under a work dir beside the output (`executor.kind` picks inline / local / slurm):
 
 1. signatures: each task reads its own byte range of the input, writes MinHash signatures per band
-   (`MinhashDedupSignature`) and the 8-byte hash of every document's normalized text (`hashes/<rank>`);
+   (`MinhashDedupSignature`, shingles hashed with xxhash64) and the 8-byte hash of every document's
+   normalized text (`hashes/<rank>`);
 2. buckets: one task per band finds documents with an identical band (`MinhashDedupBuckets`);
 3. cluster: union-find over those pairs only (`MinhashDedupCluster`, one task, O(duplicates));
-4. keep-first (ours, one task, O(duplicates)): in every cluster the earliest document in input order stays
-   (datatrove's own choice follows union-by-size, not input order); a dropped copy whose normalized hash
-   equals an earlier member's is an `exact_duplicate`, else a `near_duplicate`;
-5. filter: each task drops its removals (`MinhashDedupFilter`) and writes its kept records to
+   then, in the same task, keep-first (ours, O(duplicates)): in every cluster the earliest document in
+   input order stays (datatrove's own choice follows union-by-size, not input order); a dropped copy
+   whose normalized hash equals an earlier member's is an `exact_duplicate`, else a `near_duplicate`;
+4. filter: each task drops its removals (`MinhashDedupFilter`) and writes its kept records to
    `parts/<rank>.jsonl`; the driver concatenates the parts in rank order, i.e. input order.
 
 Exact copies share every shingle, so all bands collide and MinHash always clusters them; no pass keeps a
@@ -30,6 +31,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import xxhash
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import (
@@ -61,13 +63,12 @@ HASH = struct.Struct("<8s")  # per document: the first 8 bytes of sha256(normali
 RULES = ("exact_duplicate", "near_duplicate")
 MAX_EXAMPLES = 10
 
-_WS = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
 
 
 def normalize(text: str) -> str:
     """Lowercase with whitespace runs collapsed: what 'exact duplicate' compares."""
-    return _WS.sub(" ", text.lower()).strip()
+    return " ".join(text.lower().split())
 
 
 def bands_rows(cfg: DedupConfig) -> tuple[int, int]:
@@ -81,7 +82,6 @@ def bands_rows(cfg: DedupConfig) -> tuple[int, int]:
 
 def minhash_config(cfg: DedupConfig) -> MinhashConfig:
     bands, rows = bands_rows(cfg)
-    # sha1 shingle hashes: datatrove's default xxhash rejects str in 0.10.1
     return MinhashConfig(
         n_grams=cfg.shingle_size,
         num_buckets=bands,
@@ -89,7 +89,7 @@ def minhash_config(cfg: DedupConfig) -> MinhashConfig:
         seed=MINHASH_SEED,
         # numbers stay as written (datatrove maps digits to 0 for web prose): constants distinguish code
         norm_config=TextNormConfig(norm_numbers=False),
-        hash_config=HashConfig(hash_fc="sha1", precision=64),
+        hash_config=HashConfig(hash_fc="xxhash", precision=64),
     )
 
 
@@ -112,6 +112,22 @@ class Units(WordTokenizer):
 
     def span_tokenize(self, text: str) -> list[tuple[int, int]]:
         return [(0, len(text))]
+
+
+def _xxh64(ngram: str) -> int:
+    return xxhash.xxh64_intdigest(ngram.encode("utf-8"))
+
+
+class Signatures(MinhashDedupSignature):
+    """datatrove's signature step hashing shingles with xxhash64 of their UTF-8 bytes.
+
+    That is its configured default, but 0.10.1 hands xxhash a str and fails; the working alternative, sha1,
+    costs ~10x more per shingle and is most of the stage's time.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._hash_func = _xxh64
 
 
 class ReadRange(PipelineStep):
@@ -158,11 +174,12 @@ class KeepFirst(PipelineStep):
                 members[cluster].append((task, doc))
         removals: dict[int, list[int]] = defaultdict(list)
         drops: Counter[str] = Counter()
-        examples, sizes = [], Counter()
+        examples, clusters, largest = [], 0, 1
         hash_files = {}
         try:
             for group in members.values():
                 group.sort()  # (task, index) order is input order: tasks own contiguous byte ranges
+                dropped_before = sum(drops.values())
                 first_of_hash: dict[bytes, tuple[int, int]] = {}
                 for i, (task, doc) in enumerate(group):
                     f = hash_files.get(task) or hash_files.setdefault(
@@ -179,8 +196,9 @@ class KeepFirst(PipelineStep):
                         continue
                     removals[task].append(doc)
                     drops[rule] += 1
-                    sizes[keeper] += 1
                     examples.append((task, doc, *keeper, rule))
+                if sum(drops.values()) > dropped_before:
+                    clusters, largest = clusters + 1, max(largest, len(group))
         finally:
             for f in hash_files.values():
                 f.close()
@@ -191,8 +209,8 @@ class KeepFirst(PipelineStep):
                 Path(tmp).write_bytes(struct.pack(f"<{len(docs)}I", *sorted(docs)))
         summary = {
             "drops": dict(sorted(drops.items())),
-            "clusters_with_duplicates": len(sizes),
-            "largest_cluster": 1 + max(sizes.values(), default=0),
+            "clusters_with_duplicates": clusters,
+            "largest_cluster": largest,
             "examples": sorted(examples)[:MAX_EXAMPLES],
         }
         write_json(out / "summary.json", summary)
@@ -242,14 +260,18 @@ class ExampleIds(PipelineStep):
 def _phases(cfg: DedupConfig, src: Path, work: Path, tasks: int) -> list[tuple[str, list, int]]:
     mh = minhash_config(cfg)
     d = {k: str(work / k) for k in ("sigs", "hashes", "buckets", "clusters", "remove", "parts")}
-    signature = MinhashDedupSignature(
-        output_folder=d["sigs"], config=mh, language=Units(cfg.shingle, cfg.shingle_size)
-    )
+    signature = Signatures(output_folder=d["sigs"], config=mh, language=Units(cfg.shingle, cfg.shingle_size))
     return [
         ("signatures", [ReadRange(str(src), d["hashes"]), signature], tasks),
         ("buckets", [MinhashDedupBuckets(d["sigs"], d["buckets"], config=mh)], mh.num_buckets),
-        ("cluster", [MinhashDedupCluster(d["buckets"], d["clusters"], config=mh, save_cluster_id=True)], 1),
-        ("keep-first", [KeepFirst(d["clusters"], d["hashes"], d["remove"], cfg.exact, cfg.near)], 1),
+        (
+            "cluster",
+            [
+                MinhashDedupCluster(d["buckets"], d["clusters"], config=mh, save_cluster_id=True),
+                KeepFirst(d["clusters"], d["hashes"], d["remove"], cfg.exact, cfg.near),
+            ],
+            1,
+        ),
         (
             "filter",
             [
@@ -318,7 +340,8 @@ def _run_phases(phases, executor: ExecutorConfig, work: Path, src: Path, resume)
                 LocalPipelineExecutor(
                     pipeline=pipeline,
                     tasks=tasks,
-                    workers=executor.workers,
+                    # one task runs in this process: no pool to start and no imports to repeat
+                    workers=tasks if executor.workers == -1 else min(executor.workers, tasks),
                     logging_dir=str(_logs(work, name)),
                     skip_completed=True,  # a re-run redoes only the tasks that did not finish
                 ).run()
@@ -344,7 +367,13 @@ def run_dedup(recipe: Recipe, input: Path, output: Path, *, force: bool = False)
         tag = hashlib.sha256(str(work.resolve()).encode()).hexdigest()[:10]
         work = Path(executor.logging_dir) / f"{output.stem}-{STAGE}-{tag}"
     tasks = 1 if executor.kind == "inline" else executor.tasks
-    spec = {"version": VERSION, "input_sha256": sha256_file(src), "tasks": tasks, "params": params}
+    spec = {
+        "version": VERSION,
+        "input_sha256": sha256_file(src),
+        "tasks": tasks,
+        "params": params,
+        "minhash": str(minhash_config(cfg)),  # n-grams, bands, rows and shingle hash
+    }
     spec_path = work / "spec.json"
     if not (spec_path.is_file() and json.loads(spec_path.read_text(encoding="utf-8")) == spec):
         shutil.rmtree(work, ignore_errors=True)  # other input or parameters: nothing here is reusable
