@@ -18,8 +18,13 @@ from train.metrics import read_metrics
 # and export/ holds the better of steps 12 and 32 by held-out loss.
 STEPS = {"pretrain": {"max_steps": 32, "export_steps": [12], "select_best": True}}
 # Micro-batch 4 x 2 ranks = the plain run's micro-batch 4 x accumulation 2.
+# Phi-1's block (parallel attention + GELU MLP from one LayerNorm, partial rotary, biases) with its dropout:
+# resuming must also restore the dropout RNG stream to stay bitwise.
+PHI_BLOCK = {"parallel_block": True, "mlp": "gelu", "norm": "layernorm", "bias": True, "rotary_dim": 8,
+             "num_kv_heads": 4, "attn_dropout": 0.1, "resid_dropout": 0.1, "embed_dropout": 0.1}  # fmt: skip
 LAYOUTS = {
     "plain": STEPS,
+    "phi": {**STEPS, "model": PHI_BLOCK},
     "ddp": {**STEPS, "launch": {"num_processes": 2}},
     # DeepSpeed JIT-builds its CPU ops on first use (~90 s once per machine; cached in ~/.cache/torch_extensions).
     "deepspeed": {
@@ -62,7 +67,8 @@ def assert_identical_runs(resumed, reference):
 
 
 @pytest.mark.parametrize(
-    ("name", "kill_at"), [("plain", 13), ("ddp", 11), pytest.param("deepspeed", 11, marks=pytest.mark.slow)]
+    ("name", "kill_at"),
+    [("plain", 13), ("phi", 13), ("ddp", 11), pytest.param("deepspeed", 11, marks=pytest.mark.slow)],
 )
 def test_kill_9_and_resume_equals_the_uninterrupted_run(
     tmp_path, data_template, uninterrupted, name, kill_at

@@ -101,7 +101,8 @@ def write_prompted_shards(data: Path, out: Path) -> Path:
     return out
 
 
-def recipe_dict(run_dir: Path, **train: dict) -> dict:
+def recipe_dict(run_dir: Path, model: dict | None = None, **train: dict) -> dict:
+    """A small training recipe; `model` adds ModelConfig overrides to SMALL_MODEL."""
     stage = {
         "max_steps": 24,
         "global_batch_size": 8,
@@ -118,7 +119,7 @@ def recipe_dict(run_dir: Path, **train: dict) -> dict:
         "name": "test",
         "run_dir": str(run_dir),
         "seed": 7,
-        "model": {"preset": "tiny", "overrides": dict(SMALL_MODEL)},
+        "model": {"preset": "tiny", "overrides": {**SMALL_MODEL, **(model or {})}},
         "train": {
             "pretrain": {**stage, **train.get("pretrain", {})},
             "finetune": {**stage, "max_steps": 8, "lr": 1e-3, **train.get("finetune", {})},
