@@ -74,6 +74,7 @@ class Child:
         self.readable.register(self.response, select.POLLIN)
         self.writable.register(self.request, select.POLLOUT)
         self.deadline = time.monotonic() + timeout + GRACE_SECONDS
+        self.layers: dict = {}  # the layers the child reports holding, before any model code runs
         self.calls = 0
 
     def _wait(self, poller: select.poll) -> None:
@@ -118,6 +119,7 @@ class Child:
         hello = self.receive()
         if set(hello) != {"hello"} or type(hello["hello"]) is not dict:
             raise Abort("failed: the sandbox did not start")
+        self.layers = hello["hello"]  # kept even when the program then fails to load
         self.deadline = time.monotonic() + limits.timeout
         loaded = self.receive()
         if "load_error" in loaded:
@@ -167,9 +169,9 @@ def run_one(job: Job, limits: Limits) -> dict:
     root = Path(tempfile.mkdtemp(prefix="textbooks-sandbox-"))
     workdir = root / "work"
     workdir.mkdir()
-    child, layers = Child(workdir, limits.timeout), {}
+    child = Child(workdir, limits.timeout)
     try:
-        layers = child.start(workdir, job, limits)
+        child.start(workdir, job, limits)
         # The trusted side: the problem's prompt (for helpers the test uses, e.g. HumanEval/38's encode_cyclic)
         # and its test, with the entry point bound to the child.
         namespace: dict = {"__name__": "__check__"}
@@ -185,7 +187,7 @@ def run_one(job: Job, limits: Limits) -> dict:
     finally:
         child.kill()
         shutil.rmtree(root, ignore_errors=True)
-    return {"passed": result == "passed", "result": result, "layers": layers}
+    return {"passed": result == "passed", "result": result, "layers": child.layers}
 
 
 def run_all(jobs: Sequence[Job], limits: Limits, workers: int = 2, desc: str = "tests") -> list[dict]:

@@ -139,6 +139,7 @@ def test_benchmarks_scored_everything_they_were_given(tiny_run):
             [len(v) for v in per_task.values()], [sum(v) for v in per_task.values()], 1
         )
         assert result["primary"]["value"] == pytest.approx(float(expected.mean()))
+        assert result["sandbox"].get("audit_hook"), result["sandbox"]  # the layers that held are reported
         for name in ("mbpp", "mmlu-5shot", "arc_easy-0shot", "arc_challenge-0shot"):
             assert (tiny_run / "eval" / label / f"{name}.json").is_file(), f"{label}: {name} missing"
 
