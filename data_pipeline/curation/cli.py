@@ -155,7 +155,7 @@ def _shards_args(parser: argparse.ArgumentParser) -> None:
 STAGES = {
     "sources": ("Collect the raw code corpus (stdlib / local files / HF datasets) as JSONL.", _simple(_sources, inputs=False)),
     "heuristics": ("Rule-based quality filters with per-rule drop counts.", _chain_stage("heuristics", run_heuristics, extra=_heuristics_extra)),
-    "dedup": ("Exact + MinHash-LSH near-duplicate removal (datasketch).", _chain_stage("dedup", run_dedup)),
+    "dedup": ("Exact + near-duplicate removal on datatrove's MinHash blocks (signatures, buckets, clusters, filter).", _chain_stage("dedup", run_dedup)),
     "edu-annotate": ("Teacher yes/no educational-value labels for a sample (Phi-1 Sec. 2.1).", _chain_stage("annotations", run_annotate, classified=True)),
     "edu-classifier": ("Random forest on embeddings of the annotations; saved with CV metrics.", _chain_stage("classifier", run_train_classifier, classified=True)),
     "edu-filter": ("Score documents with the saved classifier and keep the educational ones.", _chain_stage("edu", run_edu_filter, classified=True, extra=_edu_extra)),

@@ -52,6 +52,7 @@ from data_pipeline.curation.executor import (
     Submitted,
     byte_range,
     read_jsonl_range,
+    slurm_options,
 )
 from recipes import Recipe, to_dict
 from recipes.curation import DedupConfig, ExecutorConfig
@@ -302,14 +303,7 @@ def _run_inline(pipeline: list, tasks: int) -> None:
 def _slurm_chain(phases, executor: ExecutorConfig, work: Path, resume) -> None:
     from datatrove.executor import SlurmPipelineExecutor
 
-    common = {
-        "time": executor.slurm_time,
-        "partition": executor.slurm_partition,
-        "cpus_per_task": executor.slurm_cpus_per_task,
-        "mem_per_cpu_gb": executor.slurm_mem_per_cpu_gb,
-        "venv_path": executor.slurm_venv_path or None,
-        "sbatch_args": dict(executor.slurm_sbatch_args),
-    }
+    common = slurm_options(executor)
     job = None
     for name, pipeline, tasks in [*phases, ("finish", [FinishStage(resume)], 1)]:
         job = SlurmPipelineExecutor(

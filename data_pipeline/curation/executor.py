@@ -214,14 +214,7 @@ def _run_map(step: MapStep, executor: ExecutorConfig, root: Path, resume: Callab
 
     if resume is None:
         raise StageError("executor.kind=slurm needs a stage that can resume in a dependent job")
-    common = {
-        "time": executor.slurm_time,
-        "partition": executor.slurm_partition,
-        "cpus_per_task": executor.slurm_cpus_per_task,
-        "mem_per_cpu_gb": executor.slurm_mem_per_cpu_gb,
-        "venv_path": executor.slurm_venv_path or None,
-        "sbatch_args": dict(executor.slurm_sbatch_args),
-    }
+    common = slurm_options(executor)
     mapper = SlurmPipelineExecutor(
         pipeline=[step],
         tasks=executor.tasks,
@@ -288,3 +281,15 @@ class FinishStage(PipelineStep):
         os.environ[FINISH_ONLY_ENV] = "1"
         self.resume()
         return None
+
+
+def slurm_options(executor: ExecutorConfig) -> dict:
+    """The SlurmPipelineExecutor arguments every curation job shares, from `data.curation.executor.slurm_*`."""
+    return {
+        "time": executor.slurm_time,
+        "partition": executor.slurm_partition,
+        "cpus_per_task": executor.slurm_cpus_per_task,
+        "mem_per_cpu_gb": executor.slurm_mem_per_cpu_gb,
+        "venv_path": executor.slurm_venv_path or None,
+        "sbatch_args": dict(executor.slurm_sbatch_args),
+    }
