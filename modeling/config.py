@@ -26,7 +26,17 @@ _PHI_BLOCK: dict[str, Any] = dict(
     embed_dropout=0.0,
 )
 
-# Each preset is a complete set of ModelConfig fields; the source of every shape is cited.
+# phi-1-small (Phi-1 paper Sec. 2.3): "20 layers, hidden dimension of 1024, MLP-inner dimension of 4096,
+# and 16 attention heads of dimension 64", seq 2048, the codegen-350M-mono tokenizer (50257 tokens; vocab padded
+# to 51200 as in microsoft/phi-1). phi-1 (same section): "24 layers, hidden dimension of 2048, MLP-inner
+# dimension of 8192, and 32 attention heads of dimension 64 each", seq 2048, the same vocab.
+_PHI1_SMALL_SHAPE: dict[str, Any] = dict(
+    vocab_size=51200, hidden_size=1024, num_layers=20, num_heads=16, num_kv_heads=16,
+    max_seq_len=2048, rope_theta=10000.0, tie_word_embeddings=False,
+)  # fmt: skip
+_PHI1_SHAPE: dict[str, Any] = {**_PHI1_SMALL_SHAPE, "hidden_size": 2048, "num_layers": 24, "num_heads": 32,
+                               "num_kv_heads": 32}  # fmt: skip
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Our own CPU-sized smoke model (not from a paper): ~6.8M params, trains in minutes on a laptop.
     # SwiGLU width 768 = 3 * hidden, the usual 2/3 * (4 * hidden) rounded up to a multiple of 256.
@@ -41,61 +51,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         rope_theta=10000.0,
         tie_word_embeddings=True,
     ),
-    # phi-1-small (Phi-1 paper Sec. 2.3): "20 layers, hidden dimension of 1024, MLP-inner dimension of 4096,
-    # and 16 attention heads of dimension 64", rotary dimension 32, seq 2048, the codegen-350M-mono tokenizer
-    # (50257 tokens; vocab padded to 51200 as in microsoft/phi-1). ~357M params (the paper's "350M").
-    "phi1-small": dict(
-        vocab_size=51200,
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_layers=20,
-        num_heads=16,
-        num_kv_heads=16,
-        max_seq_len=2048,
-        rope_theta=10000.0,
-        tie_word_embeddings=False,
-        **_PHI_BLOCK,
-    ),
-    # phi-1 (same paper, Sec. 2.3): "24 layers, hidden dimension of 2048, MLP-inner dimension of 8192, and 32
-    # attention heads of dimension 64 each", rotary dimension 32, seq 2048, vocab as phi1-small. 1.418B params
-    # with embeddings, exactly microsoft/phi-1's count (marketed as "1.3B"; 1.21B without embeddings).
-    "phi1": dict(
-        vocab_size=51200,
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_layers=24,
-        num_heads=32,
-        num_kv_heads=32,
-        max_seq_len=2048,
-        rope_theta=10000.0,
-        tie_word_embeddings=False,
-        **_PHI_BLOCK,
-    ),
+    # The Phi-1 block at both sizes: ~357M params (the paper's "350M") and 1.418B with embeddings, exactly
+    # microsoft/phi-1's count (marketed as "1.3B"; 1.21B without embeddings).
+    "phi1-small": dict(**_PHI1_SMALL_SHAPE, intermediate_size=4096, **_PHI_BLOCK),
+    "phi1": dict(**_PHI1_SHAPE, intermediate_size=8192, **_PHI_BLOCK),
     # The two Phi-1 shapes as Llama blocks (sequential, RMSNorm, SwiGLU, full rotary, no biases, no dropout):
     # exported as LlamaForCausalLM. SwiGLU has 3 matrices to GELU's 2, so its width is 2/3 of the paper's
     # 4096 / 8192 rounded to a multiple of 64, which keeps the per-layer parameter count within 0.5%.
-    "phi1-small-llama": dict(
-        vocab_size=51200,
-        hidden_size=1024,
-        intermediate_size=2752,
-        num_layers=20,
-        num_heads=16,
-        num_kv_heads=16,
-        max_seq_len=2048,
-        rope_theta=10000.0,
-        tie_word_embeddings=False,
-    ),
-    "phi1-llama": dict(
-        vocab_size=51200,
-        hidden_size=2048,
-        intermediate_size=5440,
-        num_layers=24,
-        num_heads=32,
-        num_kv_heads=32,
-        max_seq_len=2048,
-        rope_theta=10000.0,
-        tie_word_embeddings=False,
-    ),
+    "phi1-small-llama": dict(**_PHI1_SMALL_SHAPE, intermediate_size=2752),
+    "phi1-llama": dict(**_PHI1_SHAPE, intermediate_size=5440),
     # Cosmo-1B: HuggingFaceTB/cosmo-1b config.json (a Llama-2 shaped LlamaForCausalLM; the model card's
     # tokenizer is Mistral-7B's 32k one, as recipes/cosmo-1b.yaml says): 24 layers, hidden 2048, 16 heads,
     # 16 kv heads, intermediate 8192, vocab 32000, bos 1 / eos 2, seq 2048, rope_theta 1e4, untied. ~1.74B params
