@@ -111,7 +111,10 @@ class TopicsSection:
         "Cosmopedia clustered web samples into 145 topic clusters (Ben Allal et al. 2024, 'Web data').",
         "",
     )
-    sample_size: int = setting("Documents sampled (seeded) from the input before embedding.", 1000)
+    sample_size: int = setting(
+        "Documents sampled (seeded) from the input to fit the k-means clusters; every document is then assigned.",
+        1000,
+    )
     num_clusters: int = setting("k-means clusters over the MiniLM embeddings (Cosmopedia: 145).", 16)
     samples_per_cluster: int = setting(
         "Member extracts shown to the teacher to name a cluster (Cosmopedia: 10).", 5
@@ -122,8 +125,39 @@ class TopicsSection:
         "low-value clusters.",
         4,
     )
-    extracts_per_topic: int = setting("Member extracts kept per surviving topic as Cosmopedia seeds.", 3)
+    extracts_per_topic: int = setting(
+        "Cap on the corpus documents assigned to one kept cluster (0: all). After naming, every document of the "
+        "input is assigned to its nearest cluster centroid and each one in a kept cluster seeds prompts, as "
+        "Cosmopedia labelled its whole web corpus; a cap balances topics.",
+        0,
+    )
     max_new_tokens: int = setting("Tokens for the teacher's topic/score answer.", 48)
+
+
+@dataclass
+class OutlinesSection:
+    units: int = setting(
+        "Cosmopedia course outlines: units per subject the teacher lists, each then broken into `sections` "
+        "(0: off). Every (subject, unit) becomes an outline seed (Cosmopedia seeded from course outlines: "
+        "Ben Allal et al. 2024). Generated once, cached as generation/outlines.jsonl with a manifest.",
+        0,
+    )
+    sections: int = setting("Sections per unit the teacher lists for a course outline.", 6)
+    subjects: str = setting(
+        "Subjects of the course outlines (.txt, one per line); empty: data_pipeline/generation/data/topics.txt.",
+        "",
+    )
+    concepts: int = setting(
+        "Phi-1 CodeTextbook taxonomy: Python sub-concepts per code topic the teacher lists, each a new topic "
+        "'<topic>: <concept>' crossed with the others (0: off). Cached as generation/taxonomy.jsonl.",
+        0,
+    )
+    max_new_tokens: int = setting("Tokens for one list answer.", 200)
+
+    def __post_init__(self) -> None:
+        _check_positive("outlines", units=self.units, concepts=self.concepts)
+        if self.sections < 1 or self.max_new_tokens < 1:
+            raise ValueError("outlines.sections and outlines.max_new_tokens must be >= 1")
 
 
 @dataclass
@@ -177,6 +211,12 @@ class InferenceSection:
         "datatrove: documents per checkpoint chunk (the unit kept after a kill).", 500
     )
     max_concurrent: int = setting("datatrove: requests in flight per task.", 64)
+    request_cache: bool = setting(
+        "datatrove: keep its per-request sqlite cache too (one commit per request). Off: our rollout sends one "
+        "request per prompt and the chunk checkpoints already keep each answer, so a kill -9 loses only the "
+        "requests in flight either way; the cache cut client throughput 4x (bench/README.md).",
+        False,
+    )
     model_max_context: int = setting("datatrove vllm/sglang: the server's context length.", 8192)
     slurm_partition: str = setting("slurm: partition for the generation tasks.", "")
     slurm_time: str = setting("slurm: time limit per task.", "24:00:00")
@@ -218,6 +258,21 @@ class CosmopediaSection:
         "Empty: the topics stage output when topics.documents is set, else data_pipeline/generation/data/topics.txt.",
         "",
     )
+    outlines: str = setting(
+        "JSONL of outline seeds ({topic, outline}) added to `seeds`, e.g. the outlines stage output; empty: that "
+        "output when outlines.units > 0 (a recipe run sets it), else none.",
+        "",
+    )
+    use_personas: bool = setting(
+        "Cross the topic/outline seeds with reader personas too (PersonaHub, Ge et al. 2024): each cell gets the "
+        "plain prompt plus one per persona. Extract seeds are not crossed (near-identical prompts).",
+        False,
+    )
+    personas: str = setting(
+        "Persona list (.txt, one per line) for use_personas; empty: data_pipeline/generation/data/personas.txt "
+        "(40 written for this repo).",
+        "",
+    )
     audiences: list[str] = setting(
         f"Audiences crossed with formats (Cosmopedia's four: {', '.join(COSMOPEDIA_AUDIENCES)}).",
         factory=lambda: list(COSMOPEDIA_AUDIENCES),
@@ -254,6 +309,11 @@ class CodeTextbookSection:
         "Topic list (.txt, one per line); empty: data_pipeline/generation/data/code_topics.txt. The prompt space "
         "is (topics + every pair of topics) x audiences x 3 levels x 4 styles, plus code extracts of the corpus "
         "x levels x styles (one audience per extract).",
+        "",
+    )
+    taxonomy: str = setting(
+        "JSONL of extra topics ({topic}), added to `topics`, e.g. the taxonomy stage output; empty: that output "
+        "when outlines.concepts > 0 (a recipe run sets it), else none.",
         "",
     )
     allow_repeats: bool = setting("Above the capacity, take another pass instead of failing.", False)
@@ -364,6 +424,10 @@ class GenerationSection:
     )
     topics: TopicsSection = setting(
         "Cosmopedia topic discovery (cluster, name, rate, filter).", factory=TopicsSection
+    )
+    outlines: OutlinesSection = setting(
+        "Teacher-expanded course outlines (Cosmopedia) and Python-concept taxonomy (CodeTextbook).",
+        factory=OutlinesSection,
     )
     cosmopedia: CosmopediaSection = setting("Cosmopedia prompts.", factory=CosmopediaSection)
     code_textbook: CodeTextbookSection = setting("Phi-1 CodeTextbook prompts.", factory=CodeTextbookSection)

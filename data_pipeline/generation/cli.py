@@ -19,6 +19,7 @@ from data_pipeline.generation.stages import (
     exercises_stage,
     generate_stage,
     orca_records_stage,
+    outlines_stage,
     prompts_stage,
     self_instruct_stage,
     textbooks_stage,
@@ -172,6 +173,24 @@ def _topics(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
+def _expansion(kind: str, key: str) -> Callable[[argparse.ArgumentParser], None]:
+    """`outlines` / `taxonomy`: the teacher expands the subject (or code topic) list once; `--count` sets `key`."""
+
+    def configure(parser: argparse.ArgumentParser) -> None:
+        add_stage_args(parser, inputs=False)
+        _add_teacher_args(parser)
+        parser.add_argument("--count", type=int, help=f"overrides {G}.outlines.{key}")
+
+        def run(args: argparse.Namespace) -> None:
+            recipe = _load(args, {**TEACHER_FLAGS, "count": f"{G}.outlines.{key}"})
+            output = args.output or default_paths(recipe)[kind]
+            _report(outlines_stage(recipe, kind, output, force=args.force))
+
+        parser.set_defaults(func=run)
+
+    return configure
+
+
 def _self_instruct(parser: argparse.ArgumentParser) -> None:
     add_stage_args(parser)
     _add_teacher_args(parser)
@@ -207,6 +226,14 @@ STAGES: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "topics": (
         "Cosmopedia topic discovery: embed, cluster, let the teacher name and rate topics, keep the useful.",
         _topics,
+    ),
+    "outlines": (
+        "Cosmopedia course outlines: the teacher lists units of each subject, then sections of each unit (cached).",
+        _expansion("outlines", "units"),
+    ),
+    "taxonomy": (
+        "Phi-1 CodeTextbook taxonomy: the teacher lists Python sub-concepts of each code topic (cached).",
+        _expansion("taxonomy", "concepts"),
     ),
     "generate": (
         "Run the teacher over a prompts JSONL (resumable; transformers, openai or vllm backend).",

@@ -92,10 +92,18 @@ def _subject(seed: dict, what: str, extract_chars: int, focused: bool = False) -
 
 
 def build_prompt(
-    seed: dict, audience: str, fmt: str, extract_chars: int = 1000, focused: bool = False
+    seed: dict,
+    audience: str,
+    fmt: str,
+    extract_chars: int = 1000,
+    focused: bool = False,
+    persona: str | None = None,
 ) -> str:
     what, style = FORMATS[fmt]
-    return f"{_subject(seed, what, extract_chars, focused)} {AUDIENCES[audience]}\n\n{style}\n\n{ANTI_BOILERPLATE}"
+    reader = (
+        f" The reader is {persona}: draw the examples and situations from their world." if persona else ""
+    )
+    return f"{_subject(seed, what, extract_chars, focused)} {AUDIENCES[audience]}{reader}\n\n{style}\n\n{ANTI_BOILERPLATE}"
 
 
 def space(
@@ -104,27 +112,40 @@ def space(
     audiences: list[str],
     formats: list[str],
     extract_chars: int = 1000,
+    personas: list[str] | None = None,
 ) -> Space:
-    """Topic/outline seeds x audiences x formats, then extract seeds x audiences x formats x {open, focused}."""
+    """Topic/outline seeds x audiences x formats [x (no persona + `personas`)], then extract seeds x audiences x
+    formats x {open, focused}. Personas (PersonaHub, Ge et al. 2024) only cross the topic/outline seeds: a
+    persona's dozen words against a 1000-character extract would make near-identical prompts."""
     seeds = dedupe_seeds([s for s in seeds if not s.get("extract")])
 
-    def record(seed: dict, audience: int, fmt: int, focused: bool) -> dict:
+    def record(seed: dict, audience: int, fmt: int, focused: bool, persona: str | None = None) -> dict:
         kind = "extract" if seed.get("extract") else "outline" if seed.get("outline") else "topic"
         a, f = audiences[audience], formats[fmt]
         return {
             "method": "cosmopedia",
-            "messages": chat(build_prompt(seed, a, f, extract_chars, focused)),
+            "messages": chat(build_prompt(seed, a, f, extract_chars, focused, persona)),
             "topic": seed.get("topic", ""),
             "audience": a,
             "format": f,
             "seed_kind": kind,
             **({"focused": focused} if kind == "extract" else {}),
+            **({"persona": persona} if persona else {}),
         }
 
     cells = (len(audiences), len(formats))
+    readers = [None, *dict.fromkeys(personas or [])]  # the plain prompt stays one of the cells
+    topical = (
+        Part(
+            (len(seeds), *cells, len(readers)),
+            lambda d: record(seeds[d[0]], d[1], d[2], False, readers[d[3]]),
+        )
+        if personas
+        else Part((len(seeds), *cells), lambda d: record(seeds[d[0]], d[1], d[2], False))
+    )
     return Space(
         [
-            Part((len(seeds), *cells), lambda d: record(seeds[d[0]], d[1], d[2], False)),
+            topical,
             Part((len(extracts), *cells, 2), lambda d: record(extracts[d[0]], d[1], d[2], bool(d[3]))),
         ]
     )

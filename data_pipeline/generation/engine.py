@@ -6,7 +6,11 @@ task; datatrove's JSONL reader feeds each task's shard to an InferenceRunner tha
 teacher.base_urls[0]) or to datatrove's instant `dummy` server. Our rollout builds the chat request from the
 record; our writer adapter writes the builtin runner's record format, so `finish_output` merges either.
 Resume is datatrove's: the executor skips finished tasks, and a restarted task replays its chunk checkpoints
-and request cache (`records_per_chunk` documents per chunk), so a kill -9 redoes at most the requests in flight.
+(`records_per_chunk` documents per chunk), so a kill -9 redoes at most the requests in flight. datatrove's
+per-request sqlite cache (one commit per request, drained before each chunk closes) is off unless
+`inference.request_cache`: our rollout sends one request per document, written to the chunk checkpoint as soon
+as it returns, so the cache would only hold what the checkpoint already holds; it cut client throughput 4x
+against an instant server (bench/README.md, "generation_scale.py").
 """
 
 from __future__ import annotations
@@ -103,6 +107,16 @@ def _is_hex(text: str) -> bool:
     return len(text) >= 8 and all(c in "0123456789abcdef" for c in text[:8])
 
 
+def _inference_runner(request_cache: bool, **kwargs):
+    """datatrove's InferenceRunner with its request cache on or off (no argument for that upstream: the cache is on
+    whenever checkpoints are; every cache method checks `enabled`, and the checkpoint manager shares the object)."""
+    from datatrove.pipeline.inference.run_inference import InferenceRunner
+
+    runner = InferenceRunner(**kwargs)
+    runner.request_cache.enabled = request_cache
+    return runner
+
+
 def run_datatrove(
     recipe: Recipe, files: list[Path], workdir: Path, sampling: Sampling
 ) -> tuple[RunStats, str]:
@@ -111,7 +125,7 @@ def run_datatrove(
     from functools import partial
 
     from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
-    from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
+    from datatrove.pipeline.inference.run_inference import InferenceConfig
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
@@ -144,7 +158,8 @@ def run_datatrove(
             glob_pattern="*.jsonl",
             add_file_path=False,
         ),
-        InferenceRunner(
+        _inference_runner(
+            request_cache=inf.request_cache,
             rollout_fn=partial(_rollout, sampling=sampling.to_dict(), teacher=name),
             config=config,
             output_writer=JsonlWriter(

@@ -1,6 +1,8 @@
 """Every generation stage a recipe enables, chained, with one shared teacher (built only if needed).
 
 topics (if topics.documents)            -> generation/topics.jsonl   (seeds Cosmopedia when its seeds are unset)
+outlines (if outlines.units > 0)        -> generation/outlines.jsonl (course-outline seeds for Cosmopedia)
+taxonomy (if outlines.concepts > 0)     -> generation/taxonomy.jsonl (extra CodeTextbook topics)
 self-instruct (if num_instructions > 0) -> generation/self_instruct.jsonl (queries for Orca when unset)
 prompts + generate per method with num_prompts > 0
                                         -> generation/prompts/<method>.jsonl, generation/generations/<method>.jsonl
@@ -24,6 +26,7 @@ from data_pipeline.generation.stages import (
     method_sampling,
     method_section,
     orca_records_stage,
+    outlines_stage,
     prompts_stage,
     seed_sources,
     self_instruct_stage,
@@ -49,6 +52,15 @@ def run_generation(recipe: Recipe, *, force: bool = False) -> dict[str, dict]:
             )
             if not gen.cosmopedia.seeds:
                 recipe = _with(recipe, cosmopedia={"seeds": str(paths["topics"])})
+        for kind, count, name, key in (  # teacher expansions, then wired into their method's prompt space
+            ("outlines", gen.outlines.units, "cosmopedia", "outlines"),
+            ("taxonomy", gen.outlines.concepts, "code_textbook", "taxonomy"),
+        ):
+            section = getattr(gen, name)
+            if count > 0 and section.num_prompts > 0:
+                manifests[kind] = outlines_stage(recipe, kind, paths[kind], force=force, teacher=teacher)
+                if not getattr(section, key):
+                    recipe = _with(recipe, **{name: {key: str(paths[kind])}})
         if gen.self_instruct.num_instructions > 0:
             manifests["self-instruct"] = self_instruct_stage(
                 recipe, None, paths["self-instruct"], force=force, teacher=teacher

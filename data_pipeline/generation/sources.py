@@ -11,6 +11,7 @@ from stagekit.io import StageError
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_TOPICS = PACKAGE_DIR / "data" / "topics.txt"
 DEFAULT_CODE_TOPICS = PACKAGE_DIR / "data" / "code_topics.txt"
+DEFAULT_PERSONAS = PACKAGE_DIR / "data" / "personas.txt"
 DEFAULT_SEED_TASKS = PACKAGE_DIR / "seed_tasks.jsonl"
 
 

@@ -18,12 +18,28 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_pipeline.curation.sources import iter_sources
-from data_pipeline.generation import code_exercises, code_textbook, cosmopedia, orca, self_instruct, topics
+from data_pipeline.generation import (
+    code_exercises,
+    code_textbook,
+    cosmopedia,
+    orca,
+    outlines,
+    self_instruct,
+    topics,
+)
 from data_pipeline.generation.diversity import DiversityMeter
-from data_pipeline.generation.runner import finish_output, input_files, parts_dir, run_stream, stream_prompts
+from data_pipeline.generation.runner import (
+    count_prompts,
+    finish_output,
+    input_files,
+    parts_dir,
+    run_stream,
+    stream_prompts,
+)
 from data_pipeline.generation.seeds import ExtractStore
 from data_pipeline.generation.sources import (
     DEFAULT_CODE_TOPICS,
+    DEFAULT_PERSONAS,
     DEFAULT_SEED_TASKS,
     DEFAULT_TOPICS,
     read_lines,
@@ -51,6 +67,8 @@ def default_paths(recipe: Recipe) -> dict[str, Path]:
     root = generation_dir(recipe)
     paths = {
         "topics": root / "topics.jsonl",
+        "outlines": root / "outlines.jsonl",
+        "taxonomy": root / "taxonomy.jsonl",
         "self-instruct": root / "self_instruct.jsonl",
         "textbooks": root / "textbooks.jsonl",
         "exercises": root / "exercises.jsonl",
@@ -160,11 +178,15 @@ def build_space(
         extracts.add_documents(iter_sources(seed_sources(recipe), recipe.seed, Counter()), gen.corpus)
     if method == "cosmopedia":
         seeds = cosmopedia.load_seeds(source, extracts)
-        return cosmopedia.space(seeds, extracts, cfg.audiences, cfg.formats, cfg.extract_chars), source
-    if method == "code-textbook":
-        return code_textbook.space(
-            read_lines(source), cfg.audiences, extracts, gen.corpus.extract_chars
+        if cfg.outlines:
+            seeds += cosmopedia.load_seeds(cfg.outlines, extracts)
+        personas = read_lines(cfg.personas or DEFAULT_PERSONAS) if cfg.use_personas else None
+        return cosmopedia.space(
+            seeds, extracts, cfg.audiences, cfg.formats, cfg.extract_chars, personas
         ), source
+    if method == "code-textbook":
+        names = read_lines(source) + (outlines.taxonomy_topics(cfg.taxonomy) if cfg.taxonomy else [])
+        return code_textbook.space(names, cfg.audiences, extracts, gen.corpus.extract_chars), source
     if method == "code-exercises":
         return code_exercises.space(read_lines(source)), source
     return orca.space(orca.load_queries(source), cfg.system_messages), source
@@ -187,7 +209,10 @@ def prompts_stage(
             "sources": to_dict(seed_sources(recipe)),
             "python": sys.version,
         }
-    if (done := _skip(output, "prompts", params, [source], force)) is not None:
+    expansions = [Path(p) for p in (getattr(cfg, "outlines", ""), getattr(cfg, "taxonomy", "")) if p]
+    if getattr(cfg, "use_personas", False):
+        expansions.append(Path(cfg.personas or DEFAULT_PERSONAS))
+    if (done := _skip(output, "prompts", params, [source, *expansions], force)) is not None:
         return done
     started = time.time()
     if method == "self-instruct":
@@ -213,7 +238,7 @@ def prompts_stage(
         stage="prompts",
         version=VERSION,
         params=params,
-        inputs=[source],
+        inputs=[source, *expansions],
         counts={
             "capacity": space.size,
             "extract_seeds": len(extracts),
@@ -254,7 +279,7 @@ def generate_stage(
         stats, name = run_datatrove(recipe, files, workdir, sampling)
     else:
         # One validating pass first: bad input fails before the teacher loads, and the bar knows the total.
-        total = sum(1 for _ in stream_prompts(files, sampling))
+        total = count_prompts(files)
         with _OwnedTeacher(recipe, teacher) as owned:
             stats = run_stream(
                 stream_prompts(files, sampling),
@@ -426,18 +451,23 @@ def topics_stage(
     }
     if (done := _skip(output, "topics", params, inputs, force)) is not None:
         return done
-    started = time.time()
-    documents = [r for path in inputs for r in read_jsonl(path, required=("text",))]
+    started, counts = time.time(), Counter()
+
+    def documents() -> Iterator[dict]:
+        return (r for path in inputs for r in read_jsonl(path, required=("text",)))
+
     with _OwnedTeacher(recipe, teacher) as owned:
         seeds, clusters, drops = topics.discover(
             documents,
             owned.get(),
             sampling,
             cfg,
+            counts,
             seed=recipe.seed,
             batch_size=recipe.data.generation.teacher.batch_size,
         )
-    write_jsonl(output, seeds)
+        write_jsonl(output, seeds)  # atomic; streamed as the assignment pass goes
+    kept = [c for c in clusters if c["kept"]]
     return write_manifest(
         output,
         stage="topics",
@@ -445,15 +475,67 @@ def topics_stage(
         params=params,
         inputs=inputs,
         counts={
-            "documents": len(documents),
+            "documents": counts["documents"],
             "clusters": len(clusters),
-            "topics": len({s["topic"] for s in seeds}),
-            "seeds": len(seeds),
+            "kept_clusters": len(kept),
+            "topics": len({c["topic"] for c in kept}),
+            "seeds": counts["assigned"],
         },
-        drops=dict(drops),
+        drops={
+            **{f"{rule}_clusters": n for rule, n in drops.items()},
+            **{rule: counts[rule] for rule in ("in_dropped_cluster", "over_per_topic", "empty_text")},
+        },
         started=started,
         extra={"clusters": clusters},
     )
+
+
+def outlines_stage(
+    recipe: Recipe, kind: str, output: Path, *, force: bool = False, teacher: TeacherFactory | None = None
+) -> dict:
+    """Teacher-expanded seeds, built once and cached: `kind` "outlines" (Cosmopedia course outlines, subject ->
+    units -> sections) or "taxonomy" (Python sub-concepts of each CodeTextbook topic). See `outlines`."""
+    gen = recipe.data.generation
+    cfg = gen.outlines
+    count = cfg.units if kind == "outlines" else cfg.concepts
+    if count <= 0:
+        key = "units" if kind == "outlines" else "concepts"
+        raise StageError(f"{kind}: data.generation.outlines.{key} is 0; set it (e.g. outlines.{key}=8)")
+    source = Path(
+        (cfg.subjects or DEFAULT_TOPICS)
+        if kind == "outlines"
+        else (gen.code_textbook.topics or DEFAULT_CODE_TOPICS)
+    )
+    sampling = replace(method_sampling(recipe), max_new_tokens=cfg.max_new_tokens)
+    shape = (
+        {"units": cfg.units, "sections": cfg.sections} if kind == "outlines" else {"concepts": cfg.concepts}
+    )
+    params = {**shape, "teacher": _teacher_params(recipe), "sampling": sampling.to_dict()}
+    if (done := _skip(output, kind, params, [source], force)) is not None:
+        return done
+    started = time.time()
+    run = {"batch_size": gen.teacher.batch_size, "journal": output}
+    with _OwnedTeacher(recipe, teacher) as owned:
+        if kind == "outlines":
+            records, drops = outlines.course_outlines(
+                read_lines(source), cfg.units, cfg.sections, owned.get(), sampling, **run
+            )
+        else:
+            records, drops = outlines.concept_taxonomy(
+                read_lines(source), cfg.concepts, owned.get(), sampling, **run
+            )
+    if not records:
+        raise StageError(
+            f"{kind}: the teacher's answers held no list items ({dict(drops)}); use a stronger teacher or raise "
+            "data.generation.outlines.max_new_tokens"
+        )
+    write_jsonl(output, records)
+    for journal in output.parent.glob(f"{output.name}.*.partial"):
+        journal.unlink()
+    return write_manifest(
+        output, stage=kind, version=VERSION, params=params, inputs=[source],
+        counts={"subjects": len(read_lines(source)), "seeds": len(records)}, drops=dict(drops), started=started,
+    )  # fmt: skip
 
 
 def self_instruct_stage(

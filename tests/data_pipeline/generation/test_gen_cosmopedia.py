@@ -4,6 +4,7 @@ import pytest
 
 from data_pipeline.generation import cosmopedia
 from data_pipeline.generation.seeds import ExtractStore
+from data_pipeline.generation.sources import DEFAULT_PERSONAS, read_lines
 from recipes.generation import COSMOPEDIA_AUDIENCES, COSMOPEDIA_FORMATS
 from stagekit.io import StageError
 
@@ -114,3 +115,35 @@ def test_jsonl_seeds_accept_bare_documents_and_name_bad_lines(tmp_path):
     path.write_text(json.dumps({"topic": "ok"}) + "\n" + json.dumps({"url": "x"}) + "\n")
     with pytest.raises(StageError, match=rf"{path}:2: a Cosmopedia seed needs"):
         cosmopedia.load_seeds(path, store)
+
+
+def _five_grams(text: str) -> set[tuple[str, ...]]:
+    words = text.lower().split()
+    return {tuple(words[i : i + 5]) for i in range(len(words) - 4)}
+
+
+def test_personas_cross_topic_seeds_only_without_near_identical_prompts():
+    personas = read_lines(DEFAULT_PERSONAS)
+    store = ExtractStore()
+    store.add(
+        {"extract": "The tide rises twice a day as the moon pulls the sea. " * 12, "topic": "", "code": False}
+    )
+    plain = _space(SEEDS, store)
+    crossed = cosmopedia.space(
+        SEEDS, store, COSMOPEDIA_AUDIENCES, COSMOPEDIA_FORMATS, personas=[*personas, personas[0]]
+    )
+    # Every topic cell gains one prompt per distinct persona; the extract cells are untouched.
+    assert crossed.size == plain.size + len(SEEDS) * 4 * 5 * len(personas)
+    records = list(crossed.take(crossed.size, seed=0, key="k"))
+    assert len({_user(r) for r in records}) == len(records)
+    assert not any("persona" in r for r in records if r["seed_kind"] == "extract")
+    assert {r["persona"] for r in records if "persona" in r} == set(personas)
+    # The closest prompts share seed, audience and format: exact 5-word-shingle Jaccard stays under 0.95
+    # (checked for one seed's 20 cells, each the plain prompt and one per persona).
+    groups = {}
+    for r in records:
+        if r["topic"] == SEEDS[0]["topic"]:
+            groups.setdefault((r["audience"], r["format"]), []).append(_five_grams(_user(r)))
+    assert len(groups) == 4 * 5 and all(len(g) == len(personas) + 1 for g in groups.values())
+    worst = max(len(a & b) / len(a | b) for g in groups.values() for i, a in enumerate(g) for b in g[i + 1 :])
+    assert worst < 0.95

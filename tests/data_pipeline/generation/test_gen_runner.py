@@ -159,9 +159,24 @@ def test_unreachable_server_cli_exits_2_and_keeps_journal(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "error: generate: 2 of 2 prompts failed after the teacher's retries" in err
-    assert "failed after 2 attempts" in err and "ConnectError" in err
+    assert "failed after 2 attempts" in err and "ClientConnectorError" in err  # connection refused
     assert not output.exists()
     assert [
         json.loads(line)["error"] is not None
         for line in (parts_dir(output) / "part-00000.jsonl.partial").read_text().splitlines()
     ] == [True, True]
+
+
+def test_repeated_ids_counted_on_disk_as_a_set_counts_them(tmp_path):
+    import random
+
+    from data_pipeline.generation.runner import RepeatedIds
+
+    rng = random.Random(0)
+    values = [rng.getrandbits(64) for _ in range(20000)]
+    values += rng.sample(values, 300) + [values[0]] * 3  # repeats spread over every bucket, one id four times
+    rng.shuffle(values)
+    ids = RepeatedIds(tmp_path / "ids")
+    for v in values:
+        ids.add(v)
+    assert ids.count() == len(values) - len(set(values)) == 303

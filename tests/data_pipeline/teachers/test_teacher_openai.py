@@ -102,7 +102,7 @@ def test_model_lookup_failure_says_what_to_set(server):
     try:
         teacher = build_teacher(TeacherSection(backend="openai", base_urls=[front.url], model=""))
         with pytest.raises(
-            StageError, match=r"GET /models .*HTTPStatusError.*500.*set data\.generation\.teacher\.model"
+            StageError, match=r"GET /models .*ClientResponseError.*500.*set data\.generation\.teacher\.model"
         ) as failure:
             teacher.complete(CHATS[:1], GREEDY)
         assert "\n" not in str(failure.value)  # one line, as every stage error
