@@ -3,9 +3,10 @@
 
 Rows: training step (fwd + loss + bwd) tokens/s for the tiny preset and a ~100M Llama config, eager and (with
 --compile) under torch.compile on both sides; prefill tokens/s and greedy KV-cached decoding new tokens/s at
-batch 1 and 8; peak training memory. Ours computes its loss with the fused chunked LM head + cross-entropy
-(`model(ids, targets=...)`, what train/ uses); transformers computes it from its full fp32 logits, as its own
-`labels=` path does. The HF model is loaded from our `save_pretrained` export, so both hold bit-identical
+batch 1 and 8, eager and (with --compile) compiled on both sides (ours: `generate(compile=True)`; transformers:
+its static cache with `CompileConfig`); peak training memory. Ours computes its loss with the fused chunked LM
+head + cross-entropy (`model(ids, targets=...)`, what train/ uses); transformers computes it from its full fp32
+logits, as its own `labels=` path does. The HF model is loaded from our `save_pretrained` export, so both hold bit-identical
 weights. See bench/README.md. Benchmark only: nothing here asserts on timings.
 
     .venv/bin/python bench/model_speed.py --steps 3
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's `modeling`, from any cwd
 
 import transformers  # noqa: E402
-from transformers import LlamaForCausalLM  # noqa: E402
+from transformers import CompileConfig, LlamaForCausalLM  # noqa: E402
 
 from modeling import ModelConfig, Transformer  # noqa: E402
 
@@ -69,7 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=4, help="rows per training step of the tiny model")
     p.add_argument("--large-batch", type=int, default=1, help="rows per training step of the ~100M model")
     p.add_argument("--no-large", action="store_true", help="skip the ~100M training rows")
-    p.add_argument("--compile", action="store_true", help="add torch.compile training rows (slow to compile)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="add torch.compile training and decoding rows (slow to compile)",
+    )
     p.add_argument(
         "--gen-batches",
         default="1,8",
@@ -332,21 +337,28 @@ def inference_batch(
         top_k=None,
     )
     mask = torch.ones_like(prompt_ids)
+    # transformers compiles its forward for decoding only with a static cache and, off CUDA, only when told to.
+    compiled_config = copy.deepcopy(gen_config)
+    compile_config = CompileConfig(fullgraph=True, dynamic=False, mode="default")  # no CUDA graphs on CPU
+    compile_config._compile_all_devices = device.type != "cuda"
+    compiled_config.update(cache_implementation="static", compile_config=compile_config)
 
-    def gen_ours() -> list[list[int]]:
-        return ours.generate(prompts, args.new_tokens, temperature=0.0, pad_token_id=0)
+    def gen_ours(compile: bool) -> list[list[int]]:
+        return ours.generate(prompts, args.new_tokens, temperature=0.0, pad_token_id=0, compile=compile)
 
-    def gen_hf() -> list[list[int]]:
-        out = hf.generate(input_ids=prompt_ids, attention_mask=mask, generation_config=gen_config)
+    def gen_hf(config) -> list[list[int]]:
+        out = hf.generate(input_ids=prompt_ids, attention_mask=mask, generation_config=config)
         return out[:, args.prompt_len :].tolist()
 
-    tokens_ours, tokens_hf = gen_ours(), gen_hf()
-    if any(len(t) != args.new_tokens for t in tokens_ours + tokens_hf):  # the tokens/s below assume it
-        raise RuntimeError(f"a generate call stopped before {args.new_tokens} new tokens")
-    key = f"decode b{batch}"
-    results[key] = measure({"ours": gen_ours, "hf": gen_hf}, batch * args.new_tokens, args, device, False)
-    results[key]["greedy_rows_identical"] = sum(a == b for a, b in zip(tokens_ours, tokens_hf))
-
+    modes = [("", False, gen_config)] + ([(" compiled", True, compiled_config)] if args.compile else [])
+    for suffix, compile, config in modes:
+        fns = {"ours": lambda c=compile: gen_ours(c), "hf": lambda c=config: gen_hf(c)}
+        tokens_ours, tokens_hf = fns["ours"](), fns["hf"]()  # also compiles, before any timing
+        if any(len(t) != args.new_tokens for t in tokens_ours + tokens_hf):  # the tokens/s below assume it
+            raise RuntimeError(f"a generate call stopped before {args.new_tokens} new tokens")
+        key = f"decode b{batch}{suffix}"
+        results[key] = measure(fns, batch * args.new_tokens, args, device, False)
+        results[key]["greedy_rows_identical"] = sum(a == b for a, b in zip(tokens_ours, tokens_hf))
     return results
 
 

@@ -13,12 +13,13 @@ token gets position 0, so each pad is a one-token document that real tokens neve
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +128,103 @@ def compute_dtype(x: Tensor) -> torch.dtype:
 # ---- modules -----------------------------------------------------------------------------------------------
 
 
+# ---- memory-lean autograd: what the pointwise ops keep for backward ---------------------------------------
+# Autograd records every intermediate a pointwise chain needs: RMSNorm's fp32 copy and normalised copy, silu's
+# output, RoPE's rotated q and k beside the projection output they came from. These Functions keep only their
+# input (which something else keeps anyway, or which replaces what was kept) and recompute the rest in
+# backward, where it costs one more pointwise pass per layer. Forward math is op for op what autograd ran.
+# Without a graph to record (inference, generation) the plain functions run instead: a Function's apply costs
+# Python time per call (the profiler put 5% of an eager batch-8 decode step in the norms' apply alone).
+
+
+def needs_graph(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """weight * (x * rsqrt(mean(x^2) + eps)) in (at least) fp32, cast before the scale as LlamaRMSNorm does
+    (bf16 parity), and the per-row 1/rms."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * (xf * rstd).to(x.dtype), rstd
+
+
+def silu_mul(gate_up: Tensor) -> Tensor:
+    """silu(gate) * up from the fused [..., 2 x width] gate/up projection."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+class _RMSNorm(torch.autograd.Function):
+    """`rms_norm` keeping x and the per-row 1/rms."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        out, rstd = rms_norm(x, weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        normed = x.to(rstd.dtype) * rstd
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = (grad * normed.to(x.dtype)).flatten(0, -2).sum(0).to(weight.dtype)
+        # d/dx of x * rstd(x): rstd * (g - normed * mean(g * normed)), g the gradient of the normalised x.
+        g = (grad * weight).to(x.dtype).to(rstd.dtype)
+        grad_x = rstd * (g - normed * (g * normed).mean(-1, keepdim=True))
+        return grad_x.to(x.dtype), grad_weight, None
+
+
+class _SiluMul(torch.autograd.Function):
+    """`silu_mul` keeping the gate/up projection only."""
+
+    @staticmethod
+    def forward(ctx, gate_up: Tensor) -> Tensor:
+        ctx.save_for_backward(gate_up)
+        return silu_mul(gate_up)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (gate_up,) = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, dim=-1)
+        # silu_backward is the kernel autograd itself runs for F.silu.
+        return torch.cat([torch.ops.aten.silu_backward(grad * up, gate), grad * F.silu(gate)], dim=-1)
+
+
+def rotate_(x: Tensor, cos: Tensor, sin: Tensor) -> None:
+    """In place, the first cos.shape[-1] dims of each head (all for Llama, 32 of 64 for Phi-1): HF's
+    rotate_half convention, dims [0, d/2) pair with [d/2, d), not interleaved neighbours."""
+    half = cos.shape[-1] // 2
+    cos, sin = cos[..., :half], sin[..., :half]  # the tables repeat each frequency for both halves
+    x1, x2 = x[..., :half], x[..., half : 2 * half]
+    # Separate products and sums (no fused multiply-add), so fp32 results equal transformers' bit for bit.
+    new1, x1_sin = x1 * cos - x2 * sin, x1 * sin
+    x2.mul_(cos).add_(x1_sin)
+    x1.copy_(new1)
+
+
+class _RotaryQK(torch.autograd.Function):
+    """RoPE on the q and k heads of the qkv projection's output [B, T, heads, head_dim], in place: q, k and v
+    then stay views of that one tensor, which attention keeps, so no rotated copies are stored."""
+
+    @staticmethod
+    def forward(ctx, qkv: Tensor, cos: Tensor, sin: Tensor, rotated_heads: int) -> Tensor:
+        ctx.mark_dirty(qkv)
+        ctx.save_for_backward(cos, sin)
+        ctx.rotated_heads = rotated_heads
+        rotate_(qkv[:, :, :rotated_heads], cos, sin)
+        return qkv
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        cos, sin = ctx.saved_tensors
+        grad = grad.clone()  # an incoming gradient may be shared: never rotate it in place
+        rotate_(grad[:, :, : ctx.rotated_heads], cos, -sin)  # the inverse rotation
+        return grad, None, None, None
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -134,10 +232,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        # Normalize in fp32 and scale after casting back, exactly as LlamaRMSNorm does (bf16 parity).
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        if needs_graph(x, self.weight):
+            return _RMSNorm.apply(x, self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps)[0]
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -153,32 +250,24 @@ def rope_angles(positions: Tensor, rotary_dim: int, theta: float) -> Tensor:
     return torch.cat([angles, angles], dim=-1)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate the first cos.shape[-1] dims of each head (all of them for Llama, 32 of 64 for Phi-1)."""
-    rotary_dim = cos.shape[-1]
-    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
-    # HF convention: dims [0, d/2) pair with [d/2, d) (rotate_half), not interleaved neighbours.
-    r1, r2 = rot.chunk(2, dim=-1)
-    rot = rot * cos + torch.cat([-r2, r1], dim=-1) * sin
-    return rot if rest.shape[-1] == 0 else torch.cat([rot, rest], dim=-1)
-
-
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         self.dropout = config.attn_dropout
         h, q, kv = config.hidden_size, self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        self.split = [q, kv, kv]
+        self.split = [self.n_heads, self.n_kv, self.n_kv]
         self.qkv_proj = nn.Linear(h, q + 2 * kv, bias=config.bias)  # one matmul for q, k and v
         self.out_proj = nn.Linear(q, h, bias=config.bias)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, layout: Layout, layer_idx: int) -> Tensor:
         B, T, _ = x.shape
-        q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
-        q = apply_rope(q.view(B, T, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rope(k.view(B, T, self.n_kv, self.head_dim), cos, sin)
-        v = v.view(B, T, self.n_kv, self.head_dim)
+        qkv = self.qkv_proj(x).view(B, T, -1, self.head_dim)
+        if needs_graph(qkv):
+            qkv = _RotaryQK.apply(qkv, cos, sin, self.n_heads + self.n_kv)
+        else:  # also: torch.compile traces a Function's mark_dirty only with grad
+            rotate_(qkv[:, :, : self.n_heads + self.n_kv], cos, sin)
+        q, k, v = qkv.split(self.split, dim=2)
         dropout = self.dropout if self.training else 0.0
 
         if layout.backend == "flash":  # [B*T, heads, dim] with sequences delimited by cu_seqlens; GQA native
@@ -229,8 +318,8 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.swiglu:
-            gate, up = self.in_proj(x).chunk(2, dim=-1)
-            return self.out_proj(F.silu(gate) * up)
+            gate_up = self.in_proj(x)
+            return self.out_proj(_SiluMul.apply(gate_up) if needs_graph(gate_up) else silu_mul(gate_up))
         return self.out_proj(F.gelu(self.in_proj(x), approximate="tanh"))  # = HF's "gelu_new"
 
 
@@ -357,48 +446,70 @@ class Transformer(nn.Module):
             cos, sin = angles.cos(), angles.sin()
         return cos[:, :, None].to(dtype), sin[:, :, None].to(dtype)
 
+    def _backend(self, device: torch.device, dtype: torch.dtype) -> str:
+        return select_backend(self.config.attention, device, dtype, flash_attn_varlen_func is not None)
+
+    def _stacked(self, mask: Tensor, backend: str, dtype: torch.dtype) -> Tensor:
+        """The grouped-query row layout of Attention; for SDPA also converted once to the additive float mask
+        it would otherwise build from a boolean one in every layer."""
+        groups = self.config.num_heads // self.config.num_kv_heads
+        mask = mask.repeat(1, 1, groups, 1) if groups > 1 else mask
+        if backend == "reference":
+            return mask
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+    def _cache_layout(self, positions: Tensor, slots: Tensor, cache: KVCache, dtype: torch.dtype) -> Layout:
+        """Write T new tokens into cache `slots` (a tensor, so a compiled decode step never specializes on it)
+        and mask them over the whole static buffer. Cached decoding always runs on SDPA/reference; flash
+        serves cache-free forwards."""
+        backend = self._backend(positions.device, dtype)
+        backend = "sdpa" if backend == "flash" else backend
+        # Continue the cached prefix's document numbering, so a continuation stays in its document; at slot 0
+        # this reads the still-unwritten (zero) slot 0, so a fresh prefix counts from 1.
+        doc = document_ids(positions) + cache.doc.index_select(1, (slots[:1] - 1).clamp(min=0))
+        cache.doc.index_copy_(1, slots, doc)
+        mask = document_mask(doc, cache.doc, slots)
+        return Layout(backend, mask=self._stacked(mask, backend, dtype), cache=cache, slots=slots)
+
     @torch.compiler.disable  # data-dependent shapes (cu_seqlens) and Python-side cache state stay eager
     def _layout(
         self, positions: Tensor, documents: bool, cache: KVCache | None, dtype: torch.dtype
     ) -> Layout:
-        config = self.config
-        backend = select_backend(
-            config.attention, positions.device, dtype, flash_attn_varlen_func is not None
-        )
-        groups = config.num_heads // config.num_kv_heads
-
-        def stacked(mask: Tensor) -> Tensor:
-            """The grouped-query row layout of Attention; for SDPA also converted once to the additive float
-            mask it would otherwise build from a boolean one in every layer."""
-            mask = mask.repeat(1, 1, groups, 1) if groups > 1 else mask
-            if backend == "reference":
-                return mask
-            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
-
         if cache is not None:
-            # Cached decoding always runs on SDPA/reference over the static cache; flash serves cache-free forwards.
-            backend = "sdpa" if backend == "flash" else backend
             start, T = cache.length, positions.shape[1]
             if start + T > cache.max_len:
                 raise ValueError(f"KV cache of {cache.max_len} slots cannot take {start + T} tokens")
-            doc = document_ids(positions)
-            if start > 0:  # continue the cached prefix's numbering so a continuation stays in its document
-                doc = doc + cache.doc[:, start - 1 : start]
-            cache.doc[:, start : start + T] = doc
             slots = torch.arange(start, start + T, device=positions.device)
-            mask = document_mask(doc, cache.doc, slots)
-            return Layout(backend, mask=stacked(mask), cache=cache, slots=slots)
+            return self._cache_layout(positions, slots, cache, dtype)
+        backend = self._backend(positions.device, dtype)
         if backend == "flash":
             cu, max_len = cu_seqlens(positions)
             return Layout(backend, cu_seqlens=cu, max_seqlen=max_len)
         if documents:
             doc = document_ids(positions)
-            return Layout(backend, mask=stacked(document_mask(doc, doc)))
+            return Layout(backend, mask=self._stacked(document_mask(doc, doc), backend, dtype))
         if backend == "reference":  # the explicit path always takes a mask
             T = positions.shape[1]
             causal = torch.ones(T, T, dtype=torch.bool, device=positions.device).tril()
-            return Layout(backend, mask=stacked(causal[None, None]))
+            return Layout(backend, mask=self._stacked(causal[None, None], backend, dtype))
         return Layout(backend)  # plain causal: lets SDPA pick its fastest kernel
+
+    def _blocks(self, x: Tensor, positions: Tensor, table: bool, layout: Layout) -> Tensor:
+        cos, sin = self._rope(positions, table, compute_dtype(x))
+        for layer in self.layers:
+            x = layer(x, cos, sin, layout)
+        return x
+
+    def decode_step(self, tokens: Tensor, positions: Tensor, slot: Tensor, cache: KVCache) -> Tensor:
+        """One KV-cached decoding step: tokens and positions [B, 1] written at cache `slot` ([1], a tensor)
+        -> next-token logits [B, vocab] (fp32). Every shape is fixed for a given batch and cache, and nothing
+        reads Python-side cache state, so `torch.compile(dynamic=False)` compiles it once per generate shape;
+        the caller keeps `slot` inside the cache and advances `cache.length`. `generate(compile=True)` runs it
+        compiled."""
+        x = self.embed(tokens)
+        layout = self._cache_layout(positions, slot, cache, compute_dtype(x))
+        x = self._blocks(x, positions, cache.max_len <= self.config.max_seq_len, layout)
+        return self.lm_head(self.norm(x))[:, -1].float()
 
     def forward(
         self,
@@ -430,9 +541,7 @@ class Transformer(nn.Module):
         # The table covers 0..max_seq_len-1: default positions and the cache's slots are known to fit it;
         # caller-given packed positions are not (they may continue a long document), so they are computed.
         fits = kv_cache.max_len if kv_cache is not None else (T if not documents else None)
-        cos, sin = self._rope(position_ids, fits is not None and fits <= self.config.max_seq_len, dtype)
-        for layer in self.layers:
-            x = layer(x, cos, sin, layout)
+        x = self._blocks(x, position_ids, fits is not None and fits <= self.config.max_seq_len, layout)
         if kv_cache is not None:
             kv_cache.length += T
         if targets is not None:
@@ -456,12 +565,15 @@ class Transformer(nn.Module):
         stop_strings: Sequence[str] = (),
         tokenizer=None,
         seed: int | None = None,
+        compile: bool = False,
     ) -> list[list[int]]:
         """New tokens per prompt (eos excluded, nothing after it); batched, left-padded, KV-cached.
 
         Greedy when temperature == 0, else temperature + nucleus (top_p) sampling from a generator seeded by
         `seed`. A sequence also stops once its decoded continuation contains a stop string (the stop string's
-        tokens are kept; callers cut the text).
+        tokens are kept; callers cut the text). `compile`: run the decoding steps (not the prefill, whose
+        length varies) through `torch.compile(decode_step, dynamic=False)`; it compiles once per (batch,
+        prompt + new tokens) shape, which pays off for long or repeated generations of one shape.
         """
         if stop_strings and tokenizer is None:
             raise ValueError("stop_strings need a tokenizer to decode the continuation")
@@ -483,6 +595,7 @@ class Transformer(nn.Module):
         cache = KVCache.empty(self.config, B, L + max_new_tokens, device, compute_dtype(self.embed.weight))
         generator = None if seed is None else torch.Generator(device).manual_seed(seed)
         stops = StopStrings(stop_strings, tokenizer)
+        step_fn = functools.partial(compiled_decode_step(), self) if compile else self.decode_step
 
         logits = self(ids, positions, kv_cache=cache, last_only=True)[:, -1]
         out: list[list[int]] = [[] for _ in prompts]
@@ -501,7 +614,9 @@ class Transformer(nn.Module):
             if not any(active) or step == max_new_tokens - 1:
                 break
             # Finished rows keep decoding (batch shape stays fixed); their tokens are ignored.
-            logits = self(tokens[:, None], (lengths + step)[:, None], kv_cache=cache)[:, -1]
+            slot = torch.full((1,), cache.length, device=device)
+            logits = step_fn(tokens[:, None], (lengths + step)[:, None], slot, cache)
+            cache.length += 1
         return out
 
     # ---- Hugging Face checkpoints --------------------------------------------------------------------------
@@ -585,6 +700,13 @@ class Transformer(nn.Module):
             model.lm_head.weight = model.embed.weight
         model.init_rope(model.embed.weight.device)
         return model
+
+
+@functools.cache
+def compiled_decode_step() -> Callable:
+    """`Transformer.decode_step` under torch.compile, built once per process; dynamo keeps a graph per model
+    and shape. Kept off the model instances, which stay picklable and deep-copyable."""
+    return torch.compile(Transformer.decode_step, dynamic=False, fullgraph=True)
 
 
 class StopStrings:

@@ -124,3 +124,18 @@ def test_generate_stops_on_the_stop_string_token(model):
         n = first_stop(row, stops, tokenizer)
         assert out == (row if n is None else row[:n])
     assert len(got[0]) <= 8
+
+
+@pytest.mark.slow  # compiles one decode step: 28 s cold here (inductor cache empty), more when the CPU is busy
+def test_compiled_decoding_equals_eager_and_compiles_once():
+    """generate(compile=True) gives eager's tokens, and its decode step compiles to one graph for the whole
+    generation: the cache slot is a tensor, so no step recompiles as the cache fills."""
+    torch.manual_seed(0)
+    model = Transformer(small_config(init_std=0.1)).double().eval()  # GQA, left-padded prompts
+    eager = model.generate(PROMPTS, 10)
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    assert model.generate(PROMPTS, 10, compile=True) == eager
+    assert model.generate(PROMPTS, 10, compile=True) == eager  # same shape: the compiled step is reused
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["recompiles"], dict(counters)
