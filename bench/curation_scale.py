@@ -6,8 +6,8 @@ For each size a synthetic code corpus is built from the interpreter's standard l
 every module; beyond the unique windows, copies whose identifiers carry a variant suffix, so they share no
 shingles; `--dup-rate` of the documents are near-duplicates: an earlier document with one line dropped and
 one repeated). The stage CLIs then run in a chain, each as its own process, with `executor.kind=local` at
-each `--workers` count: heuristics -> dedup -> decontaminate -> shards (tokenize + pack; the tokenizer is
-trained once per size, untimed). The peer, in the same run and on the same dedup input, is datatrove's own
+each `--workers` count: heuristics -> dedup -> decontaminate -> shards (per-task tokenization, then the
+streaming split, bucketed shuffle and pack; the tokenizer is trained once per size, untimed). The peer, in the same run and on the same dedup input, is datatrove's own
 4-step MinHash (signatures -> buckets -> cluster -> filter) on LocalPipelineExecutor with the same workers.
 
 Printed per stage: docs/s (input documents / wall seconds) and the peak RSS of the largest process of that
@@ -52,7 +52,7 @@ from datatrove.pipeline.dedup.minhash import (MinhashDedupBuckets, MinhashDedupC
 from dataclasses import replace
 from datatrove.utils.hashing import HashConfig
 from data_pipeline.curation.dedup import Units, _xxh64, minhash_config
-from data_pipeline.curation.executor import byte_range, read_jsonl_range
+from data_pipeline.curation.corpus import byte_range, read_jsonl_range
 from recipes.curation import DedupConfig
 
 src, work, tasks, workers, hash_fc = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
@@ -255,6 +255,16 @@ def summary(rows: list[dict]) -> str:
                 lines.append(
                     f"- {n} docs, {stage}: 2 workers / 1 worker docs/s = {two['docs_per_s'] / one['docs_per_s']:.2f}x"
                 )
+        ours = [r for r in rows if r["n"] == n and r["stage"] in STAGES]
+        largest = max(ours, key=lambda r: r["peak_rss_mib"])
+        chain = {
+            w: sum(r["seconds"] for r in ours if r["workers"] == w)
+            for w in sorted({r["workers"] for r in ours})
+        }
+        lines.append(
+            f"- {n} docs: largest process {largest['peak_rss_mib']} MiB ({largest['stage']}, {largest['workers']} "
+            f"worker(s)); chain wall seconds by workers {chain}"
+        )
     return "\n".join(lines)
 
 

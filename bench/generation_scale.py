@@ -57,7 +57,7 @@ def build_prompts(args: argparse.Namespace, work: Path) -> None:
     print(
         f"{'method':15} {'prompts/s':>10} {'capacity':>12} {'distinct':>10} {'near-identical':>15} {'checked':>8}"
     )
-    for method in METHODS:
+    for method in args.methods:
         key = f"data.generation.{method.replace('-', '_')}.num_prompts={args.prompts}"
         recipe = load_recipe("tiny", [f"run_dir={work}", key, *_corpus(args.files)])
         manifest = prompts_stage(recipe, method, None, work / f"{method}.jsonl", force=True)
@@ -226,6 +226,8 @@ def main() -> None:
     )
     parser.add_argument("--work", help="working directory (default: a temporary one)")
     parser.add_argument("--skip-prompts", action="store_true", help="only the generation path")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="prompt builders run")
+    parser.add_argument("--skip-generation", action="store_true", help="only prompt building")
     parser.add_argument("--engines", nargs="+", choices=list(ENGINES), default=list(ENGINES))
     parser.add_argument("--child", choices=list(ENGINES), help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
@@ -240,7 +242,8 @@ def main() -> None:
         work = Path(tmp)
         if not args.skip_prompts:
             build_prompts(args, work)
-        generation(args, work)
+        if not args.skip_generation:
+            generation(args, work)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,28 +206,47 @@ def keep_share(recipe: Recipe, name: str) -> float:
     return kept / total
 
 
+def text_chars(path: Path) -> int:
+    return sum(len(r["text"]) for r in read_jsonl(path))
+
+
 def mixture_pairs(
     recipe: Recipe, mixture: list[ArmComponent], splits: dict
 ) -> list[tuple[MixtureComponent, Path]]:
     """run_shards' (component, file) pairs for one arm mixture, reading the sources' train splits."""
     plans = component_plans(recipe)
-    pairs = []
     for comp in mixture:
         if comp.source not in plans:
             raise StageError(
                 f"ablation.arms: source '{comp.source}' is not a data.curation.shards component ({', '.join(plans)})"
             )
-        weight = comp.weight * (keep_share(recipe, comp.random_keep_like) if comp.random_keep_like else 1.0)
+    weights = {}
+    for comp in mixture:
+        weights[comp.source] = comp.weight * (
+            keep_share(recipe, comp.random_keep_like) if comp.random_keep_like else 1.0
+        )
+    shares = {c.source: c.share for c in mixture if c.share is not None}
+    if shares:
+        # Characters the fixed components put in the mixture; each shared source is repeated so that it holds
+        # `share` of the total: w_i * chars_i = share_i * rest / (1 - sum(shares)).
+        rest = sum(
+            weights[c.source] * text_chars(splits[c.source]["train"]) for c in mixture if c.share is None
+        )
+        for source, share in shares.items():
+            chars = text_chars(splits[source]["train"])
+            if not chars:
+                raise StageError(
+                    f"ablation.arms: source '{source}' has no training text to give share {share}"
+                )
+            weights[source] = share * rest / ((1 - sum(shares.values())) * chars)
+    pairs = []
+    for comp in mixture:
         path = splits[comp.source]["train"]
         profile = plans[comp.source].component.profile
-        pairs.append(
-            (
-                MixtureComponent(
-                    name=comp.source, path=str(path), weight=weight, profile=profile, curate=False
-                ),
-                path,
-            )
+        component = MixtureComponent(
+            name=comp.source, path=str(path), weight=weights[comp.source], profile=profile, curate=False
         )
+        pairs.append((component, path))
     return pairs
 
 
@@ -369,27 +390,54 @@ def write_run_record(run: Run) -> None:
         tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
+def train_and_score(recipe: Recipe, run: Run, sets: dict[str, list], inputs: list[Path], force: bool) -> None:
+    """One run: train its stages, then score each export (bits per byte; pass@k when the recipe asks)."""
+    from eval.generation import set_threads
+
+    train_run(recipe, run, force=force)
+    set_threads(recipe.eval.threads)
+    for label in run.labels:
+        model_dir = run.recipe.run_path / label / "export"
+        score_checkpoint(recipe, model_dir, run.recipe.run_path / "eval" / label, sets, inputs, force=force)
+        if recipe.ablation.pass_at_k:
+            pass_at_k(recipe, run, label, model_dir, force=force)
+
+
 def run_ablation(recipe_ref: str | Path, overrides: list[str], *, force: bool = False) -> Path:
     """Data, every arm x seed trained and scored, then the report; returns runs/<recipe>/ablation.md."""
     from eval.ablation_report import write_report
-    from eval.generation import set_threads
 
     started = time.time()
     recipe, runs = plan_runs(recipe_ref, overrides)
     splits = prepare_data(recipe, force=force)
     sets = item_sets(recipe, splits)
     inputs = [p["heldout"] for p in splits.values()]
-    for i, run in enumerate(runs, 1):
-        print(f"[ablation] {i}/{len(runs)}: arm {run.arm.name}, seed {run.seed}", file=sys.stderr, flush=True)
-        train_run(recipe, run, force=force)
-        set_threads(recipe.eval.threads)
-        for label in run.labels:
-            model_dir = run.recipe.run_path / label / "export"
-            score_checkpoint(
-                recipe, model_dir, run.recipe.run_path / "eval" / label, sets, inputs, force=force
+    workers = min(recipe.ablation.parallel_runs, len(runs))
+    if workers == 1:
+        for i, run in enumerate(runs, 1):
+            print(
+                f"[ablation] {i}/{len(runs)}: arm {run.arm.name}, seed {run.seed}",
+                file=sys.stderr,
+                flush=True,
             )
-            if recipe.ablation.pass_at_k:
-                pass_at_k(recipe, run, label, model_dir, force=force)
+            train_and_score(recipe, run, sets, inputs, force)
+    else:
+        # Runs are independent (own run_dir, seed and data), so they only share the cores. spawn: a fresh
+        # interpreter per worker, no forked torch thread pools or tokenizer state.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            jobs = {pool.submit(train_and_score, recipe, run, sets, inputs, force): run for run in runs}
+            for i, job in enumerate(as_completed(jobs), 1):
+                if job.exception() is not None:
+                    # Stop the queued runs; finished ones keep their manifests, so a rerun resumes after them.
+                    pool.shutdown(cancel_futures=True)
+                    raise job.exception()
+                run = jobs[job]
+                print(
+                    f"[ablation] {i}/{len(runs)} done: arm {run.arm.name}, seed {run.seed}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     with atomic_path(ablation_dir(recipe) / "recipe.yaml") as tmp:
         tmp.write_text(yaml.safe_dump({"recipe": str(recipe_ref), "overrides": overrides}), encoding="utf-8")
     return write_report(recipe, runs, wall_seconds=time.time() - started)

@@ -22,6 +22,12 @@ class ArmComponent:
     weight: float = setting(
         "Repetition factor of the source's training documents (as in mixtures: 0.5 = a seeded half).", 1.0
     )
+    share: float | None = setting(
+        "Target share (0-1) of the arm's mixture, in characters of training text: the source's repetition "
+        "factor is solved for it against the other components (weight then must stay 1). null: use `weight`. "
+        "How a few synthetic documents get Phi-1's ~1/7 of CodeTextbook next to a large code corpus.",
+        None,
+    )
     random_keep_like: str = setting(
         "Random-filter control: keep, uniformly at random, the share of documents that the edu filter kept in "
         "this other (edu_filter) component; multiplies `weight`. Empty: off.",
@@ -31,6 +37,8 @@ class ArmComponent:
     def __post_init__(self) -> None:
         if not self.weight > 0:
             raise ValueError(f"weight must be > 0, got {self.weight}")
+        if self.share is not None and not (0 < self.share < 1 and self.weight == 1.0):
+            raise ValueError(f"share must be in (0, 1) with weight left at 1, got share={self.share}")
 
 
 @dataclass
@@ -58,6 +66,12 @@ class Arm:
             raise ValueError(f"arm '{self.name}' needs either components or phases (not both)")
         if any(not p.components for p in self.phases):
             raise ValueError(f"arm '{self.name}': every phase needs components")
+        for mixture in self.mixtures:
+            shares = [c.share for c in mixture if c.share is not None]
+            if shares and (sum(shares) >= 1 or len(shares) == len(mixture)):
+                raise ValueError(
+                    f"arm '{self.name}': shares must sum below 1 and leave a component without one"
+                )
 
     @property
     def mixtures(self) -> list[list[ArmComponent]]:
@@ -109,6 +123,12 @@ class AblationSection:
         "enough to pass tests (phi1-small and up), not the tiny CPU model.",
         False,
     )
+    parallel_runs: int = setting(
+        "Runs (arm x seed) trained and scored at the same time, each in its own process with "
+        "launch.threads_per_process torch threads: on a CPU box, cores / threads_per_process. Results do not "
+        "depend on it. Keep 1 where each run already uses every accelerator (GPU recipes).",
+        1,
+    )
     bootstrap_samples: int = setting("Bootstrap replicates for every confidence interval.", 2000)
     confidence: float = setting("Two-sided confidence level of the intervals.", 0.95)
     baseline: str = setting("The arm every other arm is compared with (empty: the first arm).", "")
@@ -125,6 +145,8 @@ class AblationSection:
             raise ValueError(f"seeds must be unique and non-empty, got {self.seeds}")
         if not 0 < self.heldout_fraction < 1:
             raise ValueError("heldout_fraction must be in (0, 1)")
+        if self.parallel_runs < 1:
+            raise ValueError(f"parallel_runs must be >= 1, got {self.parallel_runs}")
         if not 0 < self.confidence < 1 or self.bootstrap_samples < 100:
             raise ValueError("need 0 < confidence < 1 and bootstrap_samples >= 100")
         if self.max_doc_tokens < 2 or (self.benchmark_limit is not None and self.benchmark_limit < 1):

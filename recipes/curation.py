@@ -19,7 +19,11 @@ class ExecutorConfig:
         "dependent 1-task job that finishes it).",
         "inline",
     )
-    tasks: int = setting("Number of datatrove tasks (each takes every tasks-th record).", 2)
+    tasks: int = setting(
+        "Number of datatrove tasks (each reads its own byte range of a JSONL input, or its own files of a "
+        "directory of shards).",
+        2,
+    )
     workers: int = setting("Tasks run at once by the local executor (-1: all).", -1)
     logging_dir: str = setting(
         "Root for datatrove parts and logs, one subfolder per stage output (use a shared filesystem on Slurm); "
@@ -389,10 +393,18 @@ class ShardsConfig:
     )
     shard_tokens: int = setting("Tokens per shard file (2^26 = 128 MiB of uint16).", 1 << 26)
     batch_size: int = setting("Documents per tokenizer batch.", 256)
+    shuffle_buffer_tokens: int = setting(
+        "Training documents are shuffled in buckets of about this many tokens: a seeded scatter to "
+        "ceil(training tokens / this) bucket files, then each bucket shuffled in memory (a uniform shuffle "
+        "overall; the packer's memory bound, 2^25 tokens = 64 MiB of uint16). The tiny mixture is one bucket.",
+        1 << 25,
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
             raise ValueError("shards.val_fraction must be in (0, 1)")
+        if self.shuffle_buffer_tokens < 1:
+            raise ValueError("shards.shuffle_buffer_tokens must be positive")
 
 
 @dataclass

@@ -23,7 +23,7 @@ import contextlib
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +47,22 @@ class ShardWriter:
     """Streams documents into fixed-size shards; each shard file is renamed into place when complete and
     index.json is written last, so a reader never sees a half-written shard set."""
 
-    def __init__(self, out_dir: Path, *, vocab_size: int, eot_id: int, shard_tokens: int = 1 << 26):
+    def __init__(
+        self,
+        out_dir: Path,
+        *,
+        vocab_size: int,
+        eot_id: int,
+        shard_tokens: int = 1 << 26,
+        allow_empty: bool = False,
+    ):
         if not 0 <= eot_id < vocab_size:
             raise StageError(f"eot_id {eot_id} is outside the vocabulary [0, {vocab_size})")
         if shard_tokens < 1:
             raise StageError(f"shard_tokens must be positive, got {shard_tokens}")
         self.out_dir = Path(out_dir)
         self.vocab_size, self.eot_id, self.shard_tokens = vocab_size, eot_id, shard_tokens
+        self.allow_empty = allow_empty  # e.g. one task's share of a mixture, which may hold no document
         self.dtype = token_dtype(vocab_size)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # A previous set in this directory is invalid from now on: drop its index first, then its files.
@@ -141,7 +150,7 @@ class ShardWriter:
         """Finish the last shard and write index.json; returns the index. An empty set is an error."""
         if self._file is None:
             raise StageError("ShardWriter is already closed")
-        if self._num_documents == 0:
+        if self._num_documents == 0 and not self.allow_empty:
             self._abort()
             raise StageError(f"{self.out_dir}: no documents to write; refusing to write an empty shard set")
         self._finish_shard()
@@ -177,18 +186,54 @@ class ShardWriter:
             self._abort()
 
 
+def read_index(directory: Path) -> dict:
+    """A shard set's index.json, or a StageError naming the file."""
+    index_path = Path(directory) / INDEX
+    if not index_path.is_file():
+        raise StageError(f"{index_path}: shard index not found (was the tokenize/mixture stage run?)")
+    try:
+        return json.loads(index_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise StageError(f"{index_path}: malformed shard index ({e.msg})") from e
+
+
+def iter_documents(directory: Path) -> Iterator[tuple[np.ndarray, int]]:
+    """(tokens without the trailing eot, prompt tokens) of every document in order, reading one shard file
+    at a time into memory (not memory-mapped: a pass over a large set keeps its resident memory at one
+    shard). The tokens are a view of that shard's buffer: use them before asking for the next document."""
+    directory = Path(directory)
+    index = read_index(directory)
+    dtype = np.dtype(index["dtype"])
+    carry, carry_prompt = np.empty(0, dtype), 0  # the head of a document that continues in the next shard
+    for shard in index["shards"]:
+        tokens = np.fromfile(directory / shard["file"], dtype=dtype)
+        if tokens.size != shard["num_tokens"]:
+            raise StageError(
+                f"{directory / shard['file']}: truncated shard (expected {shard['num_tokens']} tokens)"
+            )
+        starts = np.load(directory / shard["docs"])
+        prompt_file = shard.get("prompts")
+        prompts = np.load(directory / prompt_file) if prompt_file else np.zeros_like(starts)
+        if starts.size == 0:
+            carry = np.concatenate([carry, tokens])
+            continue
+        if carry.size:
+            yield np.concatenate([carry, tokens[: starts[0]]])[:-1], carry_prompt
+        bounds = starts.tolist() + [tokens.size]
+        for i in range(starts.size - 1):
+            yield tokens[bounds[i] : bounds[i + 1] - 1], int(prompts[i])
+        carry, carry_prompt = tokens[bounds[-2] :], int(prompts[-1])
+    if carry.size:
+        yield carry[:-1], carry_prompt
+
+
 class ShardReader:
     """Read-only, memory-mapped view of a shard directory written by ShardWriter."""
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         index_path = self.directory / INDEX
-        if not index_path.is_file():
-            raise StageError(f"{index_path}: shard index not found (was the tokenize/mixture stage run?)")
-        try:
-            self.index: dict = json.loads(index_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise StageError(f"{index_path}: malformed shard index ({e.msg})") from e
+        self.index: dict = read_index(self.directory)
         self.dtype = np.dtype(self.index["dtype"])
         self.vocab_size: int = self.index["vocab_size"]
         self.eot_id: int = self.index["eot_id"]

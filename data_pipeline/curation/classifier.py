@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline.curation.common import FilterWriter, fresh
+from data_pipeline.curation.corpus import read_input
 from data_pipeline.curation.embed import Embedder
 from data_pipeline.curation.executor import DocumentWorker, map_documents
 from data_pipeline.teachers.base import Sampling
@@ -65,9 +66,9 @@ def parse_answer(text: str) -> int | None:
 
 def sample_records(path: Path, k: int, seed: int) -> list[dict]:
     """A seeded sample of k records (two streaming passes; only indices are held in memory)."""
-    total = sum(1 for _ in read_jsonl(path, ["text"]))
+    total = sum(1 for _ in read_input(path, ("text",)))
     chosen = set(random.Random(seed).sample(range(total), min(k, total)))
-    return [r for i, r in enumerate(read_jsonl(path, ["text"])) if i in chosen]
+    return [r for i, (_, r) in enumerate(read_input(path, ("text",))) if i in chosen]
 
 
 def run_annotate(recipe: Recipe, input: Path, output: Path, *, force: bool = False) -> dict:
@@ -268,17 +269,17 @@ def run_edu_filter(
         desc=FILTER,
         resume=functools.partial(run_edu_filter, recipe, input, output, classifier=classifier, force=True),
     )
-    scores = np.array([score for _, score in pairs])
+    scores = np.array([score for _, _, score in pairs])
     if cfg.keep_fraction > 0 and len(scores):
         # The k-th highest score; ties at the cut are all kept (deterministic, no order dependence).
         k = max(1, round(cfg.keep_fraction * len(scores)))
         cut = float(np.sort(scores)[::-1][k - 1])
     else:
         cut = cfg.threshold
-    writer = FilterWriter(FILTER, output, started)
+    writer = FilterWriter(FILTER, output, started, input)
     decisions = (
-        ({**record, "edu_score": float(score)}, None if score >= cut else "low_edu_score")
-        for record, score in zip(read_jsonl(input, ["text"]), scores)
+        (shard, {**record, "edu_score": float(score)}, None if score >= cut else "low_edu_score")
+        for (shard, record), score in zip(read_input(input, ("text",)), scores)
     )
     writer.write(decisions)
     hist = np.histogram(scores, bins=10, range=(0, 1))[0].tolist() if len(scores) else []

@@ -1,4 +1,5 @@
-"""What every curation stage shares: recipe paths, the freshness check, and writing a filtered JSONL."""
+"""What every curation stage shares: recipe paths, the freshness check, and writing a filtered output
+(one JSONL file, or a directory of JSONL shards, see corpus.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from data_pipeline.curation.corpus import OutputShards
 from recipes import Recipe
 from stagekit.cli import data_dir
-from stagekit.io import StageError, atomic_path, is_fresh, read_manifest, write_manifest
+from stagekit.io import StageError, is_fresh, read_manifest, write_manifest
 
 
 def data_path(recipe: Recipe, path: str | Path) -> Path:
@@ -37,21 +39,22 @@ def fresh(
 
 
 class FilterWriter:
-    """Writes kept records to a JSONL atomically and counts drops per rule; keeping nothing is an error."""
+    """Writes kept records atomically (to a JSONL file, or a directory with one JSONL per shard of `input`)
+    and counts drops per rule; keeping nothing is an error."""
 
-    def __init__(self, stage: str, output: Path, started: float):
-        self.stage, self.output, self.started = stage, Path(output), started
+    def __init__(self, stage: str, output: Path, started: float, input: Path):
+        self.stage, self.output, self.started, self.input = stage, Path(output), started, input
         self.kept = 0
         self.seen = 0
         self.drops: Counter[str] = Counter()
 
-    def write(self, decisions: Iterable[tuple[dict, str | None]]) -> None:
-        """`decisions` yields (record, rule that dropped it or None to keep)."""
-        with atomic_path(self.output) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            for record, rule in decisions:
+    def write(self, decisions: Iterable[tuple[int, dict, str | None]]) -> None:
+        """`decisions` yields (input shard index, record, rule that dropped it or None to keep)."""
+        with OutputShards(self.output, self.input) as out:
+            for shard, record, rule in decisions:
                 self.seen += 1
                 if rule is None:
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    out.file(shard).write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
                     self.kept += 1
                 else:
                     self.drops[rule] += 1

@@ -220,9 +220,9 @@ def run_decontaminate(recipe: Recipe, input: Path, output: Path, *, force: bool 
     hit_items: dict[str, set[str]] = defaultdict(set)
 
     def decide(pairs):
-        for index, (record, hits) in enumerate(pairs):
+        for index, (shard, record, hits) in enumerate(pairs):
             if not hits:
-                yield record, None
+                yield shard, record, None
                 continue
             for bench in sorted({h["benchmark"] for h in hits}):
                 report[bench]["docs_dropped"] += 1
@@ -233,7 +233,7 @@ def run_decontaminate(recipe: Recipe, input: Path, output: Path, *, force: bool 
                     examples.append(
                         {"doc_id": str(record.get("id", index)), "item": h["item"], "ngram": h["ngram"]}
                     )
-            yield record, "contaminated"
+            yield shard, record, "contaminated"
 
     pairs = map_documents(
         input,
@@ -244,7 +244,7 @@ def run_decontaminate(recipe: Recipe, input: Path, output: Path, *, force: bool 
         desc=STAGE,
         resume=functools.partial(run_decontaminate, recipe, input, output, force=True),
     )
-    writer = FilterWriter(STAGE, output, started)
+    writer = FilterWriter(STAGE, output, started, input)
     writer.write(decide(pairs))
     for bench, items in hit_items.items():
         report[bench]["items_hit"] = len(items)

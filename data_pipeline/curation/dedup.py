@@ -2,7 +2,8 @@
 
 Four datatrove phases under a work dir beside the output (`executor.kind` picks inline / local / slurm):
 
-1. signatures: each task reads its own byte range of the input, writes MinHash signatures per band
+1. signatures: each task reads its own share of the input (a byte range of a JSONL file or its own
+   files of a shard directory, corpus.py), writes MinHash signatures per band
    (`MinhashDedupSignature`, shingles hashed with xxhash64) and the 8-byte hash of every document's
    normalized text (`hashes/<rank>`);
 2. buckets: one task per band finds documents with an identical band (`MinhashDedupBuckets`);
@@ -11,7 +12,9 @@ Four datatrove phases under a work dir beside the output (`executor.kind` picks 
    input order stays (datatrove's own choice follows union-by-size, not input order); a dropped copy
    whose normalized hash equals an earlier member's is an `exact_duplicate`, else a `near_duplicate`;
 4. filter: each task drops its removals (`MinhashDedupFilter`) and writes its kept records to
-   `parts/<rank>.jsonl`; the driver concatenates the parts in rank order, i.e. input order.
+   `parts/<rank>.jsonl` (with `<rank>.shards.json`: how many lines of it belong to each input shard); the
+   driver concatenates the parts in rank order, i.e. input order, into one JSONL file or into one file per
+   input shard of a directory output.
 
 Exact copies share every shingle, so all bands collide and MinHash always clusters them; no pass keeps a
 set of all hashes. Bands x rows follow FineWeb's/datatrove's banding (Broder 1997); with `bands: 0` they
@@ -29,6 +32,7 @@ import shutil
 import struct
 import time
 from collections import Counter, defaultdict
+from itertools import islice
 from pathlib import Path
 
 import xxhash
@@ -46,19 +50,13 @@ from datatrove.utils.text import TextNormConfig
 from datatrove.utils.word_tokenizers import WordTokenizer
 
 from data_pipeline.curation.common import fresh
-from data_pipeline.curation.executor import (
-    FINISH_ONLY_ENV,
-    FinishStage,
-    Submitted,
-    byte_range,
-    read_jsonl_range,
-    slurm_options,
-)
+from data_pipeline.curation.corpus import OutputShards, read_input, task_records
+from data_pipeline.curation.executor import FINISH_ONLY_ENV, FinishStage, Submitted, slurm_options
 from recipes import Recipe, to_dict
 from recipes.curation import DedupConfig, ExecutorConfig
-from stagekit.io import StageError, atomic_path, read_jsonl, sha256_file, write_json, write_manifest
+from stagekit.io import StageError, atomic_path, fingerprint, write_json, write_manifest
 
-STAGE, VERSION = "dedup", "2"
+STAGE, VERSION = "dedup", "3"  # 3: directory inputs/outputs (parts carry per-shard line counts)
 MINHASH_SEED = 1  # fixed: signatures from different tasks and runs must be comparable
 HASH = struct.Struct("<8s")  # per document: the first 8 bytes of sha256(normalized text)
 RULES = ("exact_duplicate", "near_duplicate")
@@ -132,7 +130,8 @@ class Signatures(MinhashDedupSignature):
 
 
 class ReadRange(PipelineStep):
-    """This task's byte range of the JSONL input as Documents (record in metadata, id = index in the task).
+    """This task's share of the input as Documents (record and input shard in metadata, id = index in the
+    task).
 
     With `hashes_dir`, also writes the normalized-text hash of every document, in order, to hashes/<rank>.
     """
@@ -144,17 +143,16 @@ class ReadRange(PipelineStep):
         self.path, self.hashes_dir = path, hashes_dir
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        path = Path(self.path)
-        records = read_jsonl_range(path, *byte_range(path, rank, world_size), ("text",))
+        records = task_records(self.path, rank, world_size, ("text",))
         if self.hashes_dir is None:
-            for i, record in enumerate(records):
-                yield Document(text=record["text"], id=str(i), metadata={"record": record})
+            for i, (shard, record) in enumerate(records):
+                yield Document(text=record["text"], id=str(i), metadata={"record": record, "shard": shard})
             return
         with atomic_path(Path(self.hashes_dir) / f"{rank:05d}") as tmp, open(tmp, "wb") as f:
-            for i, record in enumerate(records):
+            for i, (shard, record) in enumerate(records):
                 f.write(HASH.pack(hashlib.sha256(normalize(record["text"]).encode("utf-8")).digest()))
                 self.stat_update("documents")
-                yield Document(text=record["text"], id=str(i), metadata={"record": record})
+                yield Document(text=record["text"], id=str(i), metadata={"record": record, "shard": shard})
 
 
 class KeepFirst(PipelineStep):
@@ -219,7 +217,8 @@ class KeepFirst(PipelineStep):
 
 
 class WriteKept(PipelineStep):
-    """Kept records of this task to parts/<rank>.jsonl (atomic), plus the ids of documents in `examples`."""
+    """Kept records of this task to parts/<rank>.jsonl and their count per input shard, as runs of
+    [shard, lines], to parts/<rank>.shards.json (written first: the part's rename marks the task done)."""
 
     name, type = "write kept", "💽 - WRITER"
 
@@ -228,13 +227,19 @@ class WriteKept(PipelineStep):
         self.parts_dir = parts_dir
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
+        runs: list[list[int]] = []
         with (
             atomic_path(Path(self.parts_dir) / f"{rank:05d}.jsonl") as tmp,
             open(tmp, "w", encoding="utf-8") as f,
         ):
             for doc in data:
+                shard = doc.metadata["shard"]
+                if not runs or runs[-1][0] != shard:
+                    runs.append([shard, 0])
+                runs[-1][1] += 1
                 f.write(json.dumps(doc.metadata["record"], ensure_ascii=False) + "\n")
                 self.stat_update("kept")
+            write_json(Path(self.parts_dir) / f"{rank:05d}.shards.json", runs)
         return iter(())
 
 
@@ -342,7 +347,7 @@ def _run_phases(phases, executor: ExecutorConfig, work: Path, src: Path, resume)
         except StageError:
             raise
         except Exception as e:
-            for _ in read_jsonl(src, ("text",)):  # bad input raises its file:line error here, in the driver
+            for _ in read_input(src, ("text",)):  # bad input raises its file:line error here, in the driver
                 pass
             raise StageError(f"{work}: dedup phase {name!r} failed ({e!r}); see {_logs(work, name)}") from e
 
@@ -363,7 +368,7 @@ def run_dedup(recipe: Recipe, input: Path, output: Path, *, force: bool = False)
     tasks = 1 if executor.kind == "inline" else executor.tasks
     spec = {
         "version": VERSION,
-        "input_sha256": sha256_file(src),
+        "input_sha256": fingerprint(src),
         "tasks": tasks,
         "params": params,
         "minhash": str(minhash_config(cfg)),  # n-grams, bands, rows and shingle hash
@@ -382,15 +387,16 @@ def run_dedup(recipe: Recipe, input: Path, output: Path, *, force: bool = False)
     if seen == 0:
         raise StageError(f"[{STAGE}] the input {src} is empty; nothing to write to {output}")
     kept = 0
-    with atomic_path(output) as tmp, open(tmp, "wb") as out:
+    with OutputShards(output, src) as out:
         for r in range(tasks):
             part_path = work / "parts" / f"{r:05d}.jsonl"
             if not part_path.is_file():
                 raise StageError(f"{part_path}: dedup task {r} did not finish; see {_logs(work, 'filter')}")
+            runs = json.loads((work / "parts" / f"{r:05d}.shards.json").read_text(encoding="utf-8"))
             with open(part_path, "rb") as part:
-                kept += sum(1 for _ in part)
-                part.seek(0)
-                shutil.copyfileobj(part, out)
+                for shard, lines in runs:
+                    out.file(shard).writelines(islice(part, lines))
+                    kept += lines
     summary = json.loads((work / "remove" / "summary.json").read_text(encoding="utf-8"))
     ids = {}
     for r in range(tasks):

@@ -2,16 +2,18 @@
 
 A stage describes its per-document work as a `DocumentWorker` (a dataclass of plain parameters whose
 `setup` loads heavy state once per process and whose `process` maps a batch of records to JSON-able
-results). `map_documents` yields `(record, result)` in input order whichever way it ran:
+results). `map_documents` yields `(input shard, record, result)` in input order whichever way it ran:
 
 - inline: this process, batch by batch;
-- local / slurm: datatrove tasks; task `rank` reads only its own contiguous byte range of the input
-  (split at line boundaries, so reading costs N records in total, not tasks x N) and writes its results,
-  one JSON line per record, to `parts/<rank>.jsonl` atomically. Concatenated in rank order the parts are
-  in input order, so the driver streams the input beside them (no per-document state) and the output is
-  byte-identical to the inline run. Parts are keyed by the input's sha256 and the worker's parameters
-  (`parts/spec.json`); a re-run reuses the finished tasks (datatrove's completion markers) and runs only
-  the ones that failed or were killed, whose part was never renamed into place.
+- local / slurm: datatrove tasks; task `rank` reads only its own share of the input (a byte range of a
+  JSONL file, or its own files of a directory of shards: `corpus.task_records`, so reading costs N records
+  in total, not tasks x N) and writes its results, one JSON line per record, to `parts/<rank>.jsonl`
+  atomically. Concatenated in rank order the parts are in input order, so the driver streams the input
+  beside them (no per-document state) and the output is byte-identical to the inline run. Parts are keyed
+  by the input's hash and the worker's parameters (`parts/spec.json`); a re-run reuses the finished tasks
+  (datatrove's completion markers) and runs only the ones that failed or were killed, whose part was never
+  renamed into place. A worker may write another kind of part (`write_part`: the tokenizer writes a token
+  shard directory per task); `run_parts` returns the finished parts of any kind.
 
 On Slurm the driver cannot wait: it submits the map job and a dependent one-task job that re-runs the
 whole stage (`resume`), which finds the finished parts and writes the output; the driver raises
@@ -34,8 +36,9 @@ from typing import Any
 from datatrove.pipeline.base import PipelineStep
 from tqdm import tqdm
 
+from data_pipeline.curation.corpus import read_input, task_records
 from recipes.curation import ExecutorConfig
-from stagekit.io import StageError, atomic_path, read_jsonl, read_jsonl_numbered, sha256_file, write_json
+from stagekit.io import StageError, atomic_path, fingerprint, write_json
 
 FINISH_ONLY_ENV = "TEXTBOOKS_CURATION_FINISH_ONLY"
 PARTS_FORMAT = 2  # 2: one result per line, tasks own byte ranges (1: {"i", "r"} lines, strided records)
@@ -66,6 +69,14 @@ class DocumentWorker(abc.ABC):
     def process(self, records: list[dict]) -> list[Any]:
         """One JSON-serializable result per record, in order."""
 
+    part_suffix = ".jsonl"  # "" for a worker whose part is a directory
+
+    def write_part(self, tmp: Path, results: Iterator[list[Any]]) -> None:
+        """Write one task's results (batch by batch) to `tmp`, renamed to its part when this returns."""
+        with open(tmp, "w", encoding="utf-8") as f:
+            for batch in results:
+                f.writelines(json.dumps(result, ensure_ascii=False) + "\n" for result in batch)
+
     def fingerprint(self) -> dict:
         params = dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
         return json.loads(json.dumps({"worker": type(self).__qualname__, "params": params}, default=str))
@@ -87,26 +98,26 @@ def map_documents(
     desc: str = "",
     required: tuple[str, ...] = ("text",),
     resume: Callable[[], Any] | None = None,
-) -> Iterator[tuple[dict, Any]]:
-    """Yield (record, worker result) for every record of the JSONL `path`, in input order."""
-    path = Path(path)
-    records = read_jsonl(path, required)
+) -> Iterator[tuple[int, dict, Any]]:
+    """Yield (shard index, record, worker result) for every record of the input (a JSONL file or a shard
+    directory, see corpus.py), in input order."""
+    records = read_input(path, required)
     if executor.kind == "inline":
         worker.ready()
         with tqdm(desc=desc or type(worker).__name__, unit="doc", dynamic_ncols=True) as bar:
             for batch in batched(records, batch_size):
-                results = worker.process(batch)
-                yield from zip(batch, results)
+                results = worker.process([r for _, r in batch])
+                yield from ((shard, r, result) for (shard, r), result in zip(batch, results))
                 bar.update(len(batch))
         return
-    parts = _datatrove_parts(path, worker, executor, work_dir, batch_size, required, resume)
-    results = chain.from_iterable(parts)
+    parts = run_parts(path, worker, executor, work_dir, batch_size, required, resume)
+    results = chain.from_iterable(_read_part(p) for p in parts)
     missing = object()
-    for i, record in enumerate(records):
+    for i, (shard, record) in enumerate(records):
         result = next(results, missing)
         if result is missing:
             raise StageError(f"{work_dir}: datatrove parts end before record {i} of {path}")
-        yield record, result
+        yield shard, record, result
     if next(results, missing) is not missing:
         raise StageError(f"{work_dir}: datatrove parts hold more results than {path} has records")
 
@@ -117,59 +128,35 @@ def _read_part(path: Path) -> Iterator[Any]:
             yield json.loads(line)
 
 
-def byte_range(path: Path, rank: int, world_size: int) -> tuple[int, int]:
-    """Task `rank`'s share of the file: [start, end) cut at the first line start after each even split."""
-    size = path.stat().st_size
-
-    def cut(k: int) -> int:
-        target = size * k // world_size
-        if target == 0 or k >= world_size:
-            return target
-        with open(path, "rb") as f:
-            f.seek(target - 1)
-            f.readline()  # a line running over the cut belongs to the task before it
-            return f.tell()
-
-    return cut(rank), cut(rank + 1)
-
-
-def read_jsonl_range(path: Path, start: int, end: int, required: tuple[str, ...]) -> Iterator[dict]:
-    """Records of the lines starting in [start, end); bad input raises read_jsonl's `file:line` error."""
-    with open(path, "rb") as f:
-        f.seek(start)
-        while f.tell() < end:
-            line = f.readline()
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = None
-            if not (isinstance(record, dict) and all(k in record for k in required)):
-                # Rare path: re-read from the top, which raises the message naming the line.
-                for _ in read_jsonl_numbered(path, required):
-                    pass
-            yield record
-
-
-def _datatrove_parts(path, worker, executor, work_dir, batch_size, required, resume) -> list[Iterator]:
+def run_parts(
+    path: str | Path,
+    worker: DocumentWorker,
+    executor: ExecutorConfig,
+    work_dir: Path,
+    batch_size: int,
+    required: tuple[str, ...],
+    resume: Callable[[], Any] | None,
+) -> list[Path]:
+    """Every task's finished part (`parts/<rank>` + the worker's part_suffix), in rank order; the tasks
+    whose part is missing run first (inline: one task, in this process)."""
     if executor.logging_dir:  # one shared root (e.g. on a cluster filesystem): a subfolder per stage output
         tag = hashlib.sha256(str(Path(work_dir).resolve()).encode()).hexdigest()[:10]
         work_dir = Path(executor.logging_dir) / f"{Path(work_dir).name}-{tag}"
     parts_dir = Path(work_dir) / "parts"
+    tasks = 1 if executor.kind == "inline" else executor.tasks
     spec = {
         "parts_format": PARTS_FORMAT,
         "input": str(path),
-        "input_sha256": sha256_file(path),
-        "tasks": executor.tasks,
+        "input_sha256": fingerprint(path),
+        "tasks": tasks,
         **worker.fingerprint(),
     }
-    names = [parts_dir / f"{rank:05d}.jsonl" for rank in range(executor.tasks)]
+    names = [parts_dir / f"{rank:05d}{worker.part_suffix}" for rank in range(tasks)]
     spec_path = parts_dir / "spec.json"
     same = spec_path.is_file() and json.loads(spec_path.read_text(encoding="utf-8")) == spec
-    if not (same and all(p.is_file() for p in names)):
+    if not (same and all(p.exists() for p in names)):
         if same and os.environ.get(FINISH_ONLY_ENV):  # the Slurm map job ran but some tasks failed
-            missing = [p.name for p in names if not p.is_file()]
+            missing = [p.name for p in names if not p.exists()]
             raise StageError(
                 f"{parts_dir}: datatrove tasks did not finish (missing {missing}); see {parts_dir.parent}/logs"
             )
@@ -180,25 +167,28 @@ def _datatrove_parts(path, worker, executor, work_dir, batch_size, required, res
             parts_dir.mkdir(parents=True)
             write_json(spec_path, spec)
         for rank, part in enumerate(names):  # a task whose part is gone must run again
-            if not part.is_file():
+            if not part.exists():
                 (parts_dir.parent / "logs" / "completions" / f"{rank:05d}").unlink(missing_ok=True)
-        for leftover in parts_dir.glob(".*.tmp"):  # temporary files of killed tasks
-            leftover.unlink()
+        for leftover in parts_dir.glob(".*.tmp"):  # temporary files (or directories) of killed tasks
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         _run_map(
             MapStep(str(path), worker, str(parts_dir), batch_size, required),
             executor,
             parts_dir.parent,
             resume,
         )
-        missing = [p.name for p in names if not p.is_file()]
+        missing = [p.name for p in names if not p.exists()]
         if missing:
             raise StageError(
                 f"{parts_dir}: datatrove tasks failed (missing {missing}); see {parts_dir.parent}/logs"
             )
-    return [_read_part(p) for p in names]
+    return names
 
 
 def _run_map(step: MapStep, executor: ExecutorConfig, root: Path, resume: Callable[[], Any] | None) -> None:
+    if executor.kind == "inline":
+        step.run(rank=0, world_size=1)
+        return
     if executor.kind == "local":
         from datatrove.executor import LocalPipelineExecutor
 
@@ -239,7 +229,7 @@ def _run_map(step: MapStep, executor: ExecutorConfig, root: Path, resume: Callab
 
 
 class MapStep(PipelineStep):
-    """datatrove step: this task's byte range of the input through the worker, into parts/<rank>.jsonl."""
+    """datatrove step: this task's share of the input through the worker, into its part."""
 
     type = "🧮 - MAP"
 
@@ -253,18 +243,19 @@ class MapStep(PipelineStep):
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         self.worker.ready()
-        path = Path(self.input)
-        mine = read_jsonl_range(path, *byte_range(path, rank, world_size), self.required)
-        with (
-            atomic_path(Path(self.parts_dir) / f"{rank:05d}.jsonl") as tmp,
-            open(tmp, "w", encoding="utf-8") as f,
-        ):
-            for batch in batched(mine, self.batch_size):
+        mine = (r for _, r in task_records(self.input, rank, world_size, self.required))
+        with atomic_path(Path(self.parts_dir) / f"{rank:05d}{self.worker.part_suffix}") as tmp:
+            self.worker.write_part(tmp, self._results(mine))
+        return None
+
+    def _results(self, records: Iterator[dict]) -> Iterator[list[Any]]:
+        with tqdm(desc=self.name, unit="doc", dynamic_ncols=True) as bar:
+            for batch in batched(records, self.batch_size):
                 with self.track_time(unit="batch"):
                     results = self.worker.process(batch)
-                f.writelines(json.dumps(result, ensure_ascii=False) + "\n" for result in results)
                 self.stat_update("documents", value=len(batch))
-        return None
+                bar.update(len(batch))
+                yield results
 
 
 class FinishStage(PipelineStep):

@@ -81,7 +81,7 @@ def run_heuristics(
     if manifest := fresh(output, stage=STAGE, version=VERSION, params=params, inputs=[input], force=force):
         return manifest
     started = time.time()
-    writer = FilterWriter(STAGE, output, started)
+    writer = FilterWriter(STAGE, output, started, input)
     worker = HeuristicsWorker(rules=dataclasses.asdict(rules))
     pairs = map_documents(
         input,

@@ -176,7 +176,7 @@ def run_humaneval_study(recipe: Recipe, input: Path, output: Path, *, force: boo
     examples: list[dict] = []
 
     def decide(pairs):
-        for record, result in pairs:
+        for shard, record, result in pairs:
             for kind in thresholds:
                 removed[kind].update(t for t in thresholds[kind] if result[f"best_{kind}"] >= t)
                 for i, score in result[kind]:
@@ -196,7 +196,7 @@ def run_humaneval_study(recipe: Recipe, input: Path, output: Path, *, force: boo
                         "score": result[f"best_{kind}"],
                     }
                 )
-            yield record, rule
+            yield shard, record, rule
 
     pairs = map_documents(
         input,
@@ -207,7 +207,7 @@ def run_humaneval_study(recipe: Recipe, input: Path, output: Path, *, force: boo
         desc=STAGE,
         resume=functools.partial(run_humaneval_study, recipe, input, output, force=True),
     )
-    writer = FilterWriter(STAGE, output, started)
+    writer = FilterWriter(STAGE, output, started, input)
     writer.write(decide(pairs))
     kinds = ["ast", "embedding"] if cfg.embedder else ["ast"]
     table = [row for k in kinds for row in _table(k, thresholds[k], removed[k], closest[k], len(ids))]

@@ -1,12 +1,21 @@
-"""Stage `shards`: tokenize a weighted mixture of JSONL sources and pack it into train/val token shards.
+"""Stage `shards`: tokenize a weighted mixture of curated inputs and pack it into train/val token shards.
 
-1. Each component is tokenized once, streaming (inline with the Rust tokenizer's batch encoder, or as
-   datatrove tasks), into a per-component shard cache `shards/_cache/<stage>-<name>/`.
-2. Per component a seeded `val_fraction` of documents (at least one) is held out; the rest is repeated
-   by `weight` (2.0 = twice, 0.5 = a seeded half: the "epochs per source" of Pile/Phi-style mixtures).
-3. The train entries of all components are shuffled together (seeded) and written, with `eot` after each
-   document, by `ShardWriter` to `shards/<stage>/train/`; validation documents to `shards/<stage>/val/`.
-Only document indices are held in memory; tokens stay in memory-mapped shards.
+Nothing here holds the mixture's documents or token ids in one process:
+
+1. Tokenize: each executor task (inline: one) tokenizes its share of a component's input (a byte range of a
+   JSONL file or its own files of a shard directory) into its own token shard set,
+   `shards/_cache/<stage>-<name>/parts/<rank>/`, reused while the input and tokenizer are unchanged; a
+   killed run redoes only the tasks that did not finish.
+2. Split and weight, streaming over the task sets in rank order (= input order, so the result does not
+   depend on the task count): per component a seeded `val_fraction` of the documents (at least one) goes
+   to `val/` in input order, chosen with Knuth's selection sampling (Algorithm S: exact count, O(1)
+   memory); each other document is repeated by `weight` (2.0 = twice, 0.5 = a seeded half, chosen the same
+   way: the "epochs per source" of Pile/Phi-style mixtures).
+3. Shuffle in two levels: every training copy goes to one of B bucket files by a seeded draw (B = expected
+   training tokens / `shuffle_buffer_tokens`), then the buckets are read back one at a time, each
+   shuffled in memory and appended to `train/` by `ShardWriter`. Random buckets plus a uniform order
+   within each is a uniform shuffle of the whole mixture; memory is one bucket. (The trainer then samples
+   windows in its own seeded order.)
 """
 
 from __future__ import annotations
@@ -16,31 +25,47 @@ import hashlib
 import json
 import math
 import random
+import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from data_pipeline.curation.common import fresh
-from data_pipeline.curation.executor import DocumentWorker, map_documents
+from data_pipeline.curation.executor import DocumentWorker, run_parts
 from recipes import Recipe, to_dict
-from recipes.curation import ExecutorConfig, MixtureComponent
-from stagekit.io import StageError, atomic_path, sha256_file, write_json, write_manifest
-from stagekit.shards import ShardReader, ShardWriter
+from recipes.curation import ExecutorConfig, MixtureComponent, ShardsConfig
+from stagekit.io import StageError, atomic_path, sha256_file, write_manifest
+from stagekit.shards import ShardWriter, iter_documents, read_index, token_dtype
 
-STAGE, VERSION = "shards", "2"  # 2: per-document prompt tokens (mask_prompt)
+STAGE, VERSION = (
+    "shards",
+    "3",
+)  # 3: per-task token shards, streaming split, bucketed shuffle (2: prompt tokens)
 
 
 def load_tokenizer(tokenizer_dir: Path):
-    from transformers import AutoTokenizer
+    """(fast tokenizer, vocabulary size with added tokens, eos id) of an HF tokenizer directory, read with
+    `tokenizers` alone: importing transformers (and with it torch) costs seconds in every task process."""
+    from tokenizers import Tokenizer
 
-    if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
-        raise StageError(f"{tokenizer_dir}: no tokenizer.json (run the tokenizer stage first)")
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    if tok.eos_token_id is None:
-        raise StageError(f"{tokenizer_dir}: tokenizer has no eos token")
-    return tok
+    path = Path(tokenizer_dir)
+    if not (path / "tokenizer.json").is_file():
+        raise StageError(f"{path}: no tokenizer.json (run the tokenizer stage first)")
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    eos = None
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if eos is None and (path / name).is_file():
+            eos = json.loads((path / name).read_text(encoding="utf-8")).get("eos_token")
+    eos = eos.get("content") if isinstance(eos, dict) else eos
+    eos_id = tok.token_to_id(eos) if isinstance(eos, str) else None
+    if eos_id is None:
+        raise StageError(f"{path}: tokenizer has no eos token")
+    return tok, tok.get_vocab_size(with_added_tokens=True), eos_id
 
 
 def prompt_prefix(record: dict) -> str:
@@ -61,9 +86,12 @@ class TokenizeWorker(DocumentWorker):
     tokenizer_dir: str
     tokenizer_sha256: str  # in the fingerprint: another tokenizer invalidates cached parts
     mask_prompt: bool = False
+    shard_tokens: int = 1 << 26
+
+    part_suffix = ""  # each task's part is a token shard directory
 
     def setup(self) -> None:
-        self._tok = load_tokenizer(Path(self.tokenizer_dir)).backend_tokenizer
+        self._tok, self._vocab_size, self._eot = load_tokenizer(Path(self.tokenizer_dir))
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
@@ -80,63 +108,197 @@ class TokenizeWorker(DocumentWorker):
         tails = self._encode([t[len(p) :] for t, p in zip(texts, prompts)])
         return [[h + t, len(h)] for h, t in zip(heads, tails)]
 
+    def write_part(self, tmp: Path, results: Iterator[list[list]]) -> None:
+        with ShardWriter(
+            tmp,
+            vocab_size=self._vocab_size,
+            eot_id=self._eot,
+            shard_tokens=self.shard_tokens,
+            allow_empty=True,
+        ) as writer:
+            for batch in results:
+                for ids, prompt_tokens in batch:
+                    if ids:  # an empty text would become a lone eot
+                        writer.add_document(ids, prompt_tokens=prompt_tokens)
+            writer.close()
+
+
+@dataclass
+class Tokenized:
+    """One component's token shard sets, one per task in rank order (= input order)."""
+
+    component: MixtureComponent
+    parts: list[Path]
+    documents: int
+    tokens: int
+
+    def documents_in_order(self) -> Iterator[tuple[np.ndarray, int]]:
+        return chain.from_iterable(iter_documents(p) for p in self.parts)
+
 
 def tokenize_component(
-    path: Path,
-    comp: MixtureComponent,
-    tokenizer_dir: Path,
-    cache: Path,
-    executor: ExecutorConfig,
-    batch_size: int,
-    resume,
-) -> ShardReader:
-    """Token cache of one component (reused when the input and tokenizer are unchanged)."""
-    tok = load_tokenizer(tokenizer_dir)
-    key = {
-        "input": str(path),
-        "input_sha256": sha256_file(path),
-        "tokenizer_sha256": sha256_file(tokenizer_dir / "tokenizer.json"),
-        "mask_prompt": comp.mask_prompt,
-    }
-    if (cache / "source.json").is_file() and json.loads((cache / "source.json").read_text()) == key:
-        return ShardReader(cache)
-    (cache / "source.json").unlink(missing_ok=True)
-    name = comp.name
-    worker = TokenizeWorker(str(tokenizer_dir), key["tokenizer_sha256"], comp.mask_prompt)
-    work_dir = cache.parent / f"_datatrove-{cache.name}"
-    desc = f"tokenize[{name}]"
-    pairs = map_documents(
-        path, worker, executor, work_dir=work_dir, batch_size=batch_size, desc=desc, resume=resume
+    path: Path, comp: MixtureComponent, tokenizer_dir: Path, work_dir: Path, executor: ExecutorConfig,
+    cfg: ShardsConfig, resume,
+) -> Tokenized:  # fmt: skip
+    """Token shards of one component, written by the executor's tasks (finished tasks are reused)."""
+    worker = TokenizeWorker(
+        str(tokenizer_dir), sha256_file(tokenizer_dir / "tokenizer.json"), comp.mask_prompt, cfg.shard_tokens
     )
-    with (
-        ShardWriter(cache, vocab_size=len(tok), eot_id=tok.eos_token_id) as writer,
-        tqdm(desc=f"tokens[{name}]", unit="tok", unit_scale=True, dynamic_ncols=True) as bar,
-    ):
-        for _, (ids, prompt_tokens) in pairs:
-            if ids:  # an empty text would become a lone eot
-                writer.add_document(ids, source=name, prompt_tokens=prompt_tokens)
-                bar.update(len(ids) + 1)
-        writer.close()  # refuses an empty set
-    write_json(cache / "source.json", key)
-    return ShardReader(cache)
-
-
-def split_and_weight(
-    comp: MixtureComponent, num_docs: int, val_fraction: float, rng: random.Random
-) -> tuple[list[int], list[int]]:
-    """(train document indices with repeats, validation indices) for one component."""
-    if num_docs < 2:
+    parts = run_parts(path, worker, executor, work_dir, cfg.batch_size, ("text",), resume)
+    indexes = [read_index(p) for p in parts]
+    documents = sum(i["num_documents"] for i in indexes)
+    if documents < 2:
         raise StageError(
-            f"component '{comp.name}' needs at least 2 documents for a train/val split, got {num_docs}"
+            f"component '{comp.name}' needs at least 2 documents for a train/val split, got {documents}"
         )
-    weight = comp.weight
-    order = list(range(num_docs))
-    rng.shuffle(order)
-    n_val = min(num_docs - 1, max(1, round(val_fraction * num_docs)))
-    val, train = sorted(order[:n_val]), sorted(order[n_val:])
-    whole, part = math.floor(weight), weight - math.floor(weight)
-    repeated = train * whole + sorted(rng.sample(train, round(part * len(train))))
-    return repeated, val
+    return Tokenized(comp, parts, documents, sum(i["num_tokens"] for i in indexes))
+
+
+class SplitPlan:
+    """Per document, in input order: held out for validation (None) or how many training copies.
+
+    Exact counts in one pass with O(1) state (Knuth's Algorithm S): n_val = val_fraction of the documents
+    (at least 1, at most all but 1), and round(frac(weight) * training documents) of them get one copy
+    more than floor(weight).
+    """
+
+    def __init__(self, comp: MixtureComponent, documents: int, val_fraction: float, rng: random.Random):
+        self.rng = rng
+        self.val = min(documents - 1, max(1, round(val_fraction * documents)))
+        self.train = documents - self.val
+        self.whole = math.floor(comp.weight)
+        self.extra = round((comp.weight - self.whole) * self.train)
+        self._left, self._val_left = documents, self.val
+        self._train_left, self._extra_left = self.train, self.extra
+
+    def copies(self) -> int | None:
+        held_out = self.rng.random() * self._left < self._val_left
+        self._left -= 1
+        if held_out:
+            self._val_left -= 1
+            return None
+        extra = self._extra_left > 0 and self.rng.random() * self._train_left < self._extra_left
+        self._train_left -= 1
+        self._extra_left -= extra
+        return self.whole + extra
+
+
+class Buckets:
+    """Training copies scattered to `count` bucket files (tokens + [length, prompt tokens, source] rows),
+    buffered in memory up to FLUSH bytes per bucket and TOTAL overall; read back one bucket at a time."""
+
+    FLUSH, TOTAL = 1 << 20, 1 << 26
+
+    def __init__(self, directory: Path, count: int, dtype: np.dtype):
+        self.directory, self.count, self.dtype = directory, count, dtype
+        directory.mkdir(parents=True)
+        self._tokens: list[list[bytes]] = [[] for _ in range(count)]
+        self._meta: list[list[tuple[int, int, int]]] = [[] for _ in range(count)]
+        self._bytes = [0] * count
+        self._total = 0
+
+    def add(self, bucket: int, tokens: np.ndarray, prompt_tokens: int, source: int) -> None:
+        data = tokens.astype(self.dtype, copy=False).tobytes()  # a copy: the shard buffer is not kept
+        self._tokens[bucket].append(data)
+        self._meta[bucket].append((tokens.size, prompt_tokens, source))
+        self._bytes[bucket] += len(data)
+        self._total += len(data)
+        if self._bytes[bucket] >= self.FLUSH:
+            self._flush(bucket)
+        if self._total >= self.TOTAL:
+            for b in range(self.count):
+                self._flush(b)
+
+    def _flush(self, bucket: int) -> None:
+        if not self._meta[bucket]:
+            return
+        with open(self.directory / f"{bucket:05d}.bin", "ab") as f:
+            f.write(b"".join(self._tokens[bucket]))
+        with open(self.directory / f"{bucket:05d}.meta", "ab") as f:
+            f.write(np.asarray(self._meta[bucket], dtype=np.int64).tobytes())
+        self._total -= self._bytes[bucket]
+        self._tokens[bucket], self._meta[bucket], self._bytes[bucket] = [], [], 0
+
+    def load(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens, [n, 3] rows) of one bucket; flushes it first."""
+        self._flush(bucket)
+        path = self.directory / f"{bucket:05d}.bin"
+        if not path.is_file():
+            return np.empty(0, self.dtype), np.empty((0, 3), np.int64)
+        meta = np.fromfile(self.directory / f"{bucket:05d}.meta", dtype=np.int64).reshape(-1, 3)
+        return np.fromfile(path, dtype=self.dtype), meta
+
+
+def bucket_count(sources: list[Tokenized], cfg: ShardsConfig) -> int:
+    """Shuffle buckets: the expected training tokens in pieces of about shuffle_buffer_tokens."""
+    expected = sum(s.tokens * s.component.weight * (1 - cfg.val_fraction) for s in sources)
+    return max(1, math.ceil(expected / cfg.shuffle_buffer_tokens))
+
+
+def pack(
+    sources: list[Tokenized],
+    out: Path,
+    stage: str,
+    seed: int,
+    cfg: ShardsConfig,
+    vocab_size: int,
+    eot_id: int,
+) -> tuple[dict, list[dict]]:
+    """Write `out`/{val,train}/ from the components' token shards; returns (split indexes, mixture rows)."""
+    dtype = token_dtype(vocab_size)
+    count = bucket_count(sources, cfg)
+    order = random.Random(f"{seed}:{stage}:order")
+    buckets = Buckets(out / "_buckets", count, dtype)
+    names = [s.component.name for s in sources]
+    mixture = []
+
+    def writer(split: str) -> ShardWriter:
+        return ShardWriter(out / split, vocab_size=vocab_size, eot_id=eot_id, shard_tokens=cfg.shard_tokens)
+
+    with writer("val") as val:
+        for i, src in enumerate(sources):
+            # A seed per (recipe seed, stage, component): adding a component does not change the others' splits.
+            digest = hashlib.sha256(f"{seed}:{stage}:{src.component.name}".encode()).hexdigest()
+            plan = SplitPlan(src.component, src.documents, cfg.val_fraction, random.Random(digest))
+            desc = f"split[{stage}/{names[i]}]"
+            for tokens, prompt in tqdm(
+                src.documents_in_order(), desc=desc, total=src.documents, unit="doc", dynamic_ncols=True
+            ):
+                copies = plan.copies()
+                if copies is None:
+                    val.add_document(tokens, source=names[i], prompt_tokens=prompt)
+                for _ in range(copies or 0):
+                    buckets.add(order.randrange(count), tokens, prompt, i)
+            mixture.append(
+                {
+                    "name": names[i],
+                    "weight": src.component.weight,
+                    "documents": src.documents,
+                    "tokens_once": src.tokens,
+                    "tasks": len(src.parts),
+                    "train_documents": plan.train * plan.whole + plan.extra,  # copies packed, weight applied
+                    "val_documents": plan.val,
+                }
+            )
+        indexes = {"val": val.close()}
+    with (
+        writer("train") as train,
+        tqdm(desc=f"shuffle[{stage}]", total=count, unit="bucket", dynamic_ncols=True) as bar,
+    ):
+        for b in range(count):
+            tokens, meta = buckets.load(b)
+            ends = np.cumsum(meta[:, 0])
+            perm = list(range(len(meta)))
+            order.shuffle(perm)
+            for j in perm:
+                length, prompt, source = meta[j].tolist()
+                train.add_document(
+                    tokens[ends[j] - length : ends[j]], source=names[source], prompt_tokens=prompt
+                )
+            bar.update()
+        indexes["train"] = train.close()
+    shutil.rmtree(out / "_buckets")
+    return indexes, mixture
 
 
 def run_shards(
@@ -148,7 +310,8 @@ def run_shards(
     *,
     force: bool = False,
 ) -> dict:
-    """Pack `components` ((config, curated JSONL) pairs) into `output`/{train,val}/; returns the manifest."""
+    """Pack `components` ((config, curated JSONL file or shard directory) pairs) into `output`/{train,val}/;
+    returns the manifest."""
     cfg = recipe.data.curation.shards
     if not components:
         raise StageError(f"[{STAGE}] mixture '{stage}' has no components")
@@ -161,61 +324,30 @@ def run_shards(
         "components": [{**to_dict(c), "input": str(p)} for c, p in components],
         "val_fraction": cfg.val_fraction,
         "shard_tokens": cfg.shard_tokens,
+        "shuffle_buffer_tokens": cfg.shuffle_buffer_tokens,
         "seed": recipe.seed,
     }
     if manifest := fresh(output, stage=STAGE, version=VERSION, params=params, inputs=inputs, force=force):
         return manifest
     started = time.time()
-    tok = load_tokenizer(tokenizer_dir)
-    readers = {}
+    _, vocab_size, eot_id = load_tokenizer(tokenizer_dir)
     executor = recipe.data.curation.executor
     resume = functools.partial(run_shards, recipe, stage, components, tokenizer_dir, output, force=True)
-    for comp, path in components:
-        cache = output.parent / "_cache" / f"{stage}-{comp.name}"
-        readers[comp.name] = tokenize_component(
-            Path(path), comp, tokenizer_dir, cache, executor, cfg.batch_size, resume
+    sources = [
+        tokenize_component(
+            Path(path), comp, tokenizer_dir, output.parent / "_cache" / f"{stage}-{comp.name}", executor, cfg, resume
         )
-    # A seed per (recipe seed, stage, component): adding a component does not reshuffle the others' splits.
-    train_entries, val_entries, mixture = [], [], []
-    for comp, _ in components:
-        digest = hashlib.sha256(f"{recipe.seed}:{stage}:{comp.name}".encode()).hexdigest()
-        reader = readers[comp.name]
-        train, val = split_and_weight(comp, reader.num_documents, cfg.val_fraction, random.Random(digest))
-        train_entries += [(comp.name, i) for i in train]
-        val_entries += [(comp.name, i) for i in val]
-        mixture.append(
-            {
-                "name": comp.name,
-                "weight": comp.weight,
-                "documents": reader.num_documents,
-                "tokens_once": reader.num_tokens,
-                "train_documents": len(train),
-                "val_documents": len(val),
-            }
-        )
-    random.Random(f"{recipe.seed}:{stage}:order").shuffle(train_entries)
-    splits = {}
+        for comp, path in components
+    ]  # fmt: skip
+    for leftover in output.parent.glob(f".{output.name}.*.tmp"):  # a killed packing run's temporary output
+        shutil.rmtree(leftover)
     with atomic_path(output) as tmp:
-        for split, entries in (("train", train_entries), ("val", val_entries)):
-            with ShardWriter(
-                tmp / split, vocab_size=len(tok), eot_id=tok.eos_token_id, shard_tokens=cfg.shard_tokens
-            ) as w:
-                for name, i in tqdm(entries, desc=f"pack[{stage}/{split}]", unit="doc", dynamic_ncols=True):
-                    reader = readers[name]
-                    prompt = int(reader.doc_prompt_tokens[i])
-                    w.add_document(reader.document(i), source=name, prompt_tokens=prompt)
-                index = w.close()
-            splits[split] = {
-                k: index[k]
-                for k in (
-                    "num_tokens",
-                    "num_documents",
-                    "prompt_tokens",
-                    "tokens_per_source",
-                    "documents_per_source",
-                )
-            }
-            splits[split]["shard_sha256"] = [s["sha256"] for s in index["shards"]]
+        indexes, mixture = pack(sources, tmp, stage, recipe.seed, cfg, vocab_size, eot_id)
+    keys = ("num_tokens", "num_documents", "prompt_tokens", "tokens_per_source", "documents_per_source")
+    splits = {
+        split: {**{k: index[k] for k in keys}, "shard_sha256": [s["sha256"] for s in index["shards"]]}
+        for split, index in indexes.items()
+    }
     total = splits["train"]["num_tokens"]
     for m in mixture:
         m["train_tokens"] = splits["train"]["tokens_per_source"].get(m["name"], 0)
@@ -233,8 +365,9 @@ def run_shards(
         extra={
             "splits": splits,
             "mixture": mixture,
-            "vocab_size": len(tok),
-            "eot_id": tok.eos_token_id,
+            "shuffle_buckets": bucket_count(sources, cfg),
+            "vocab_size": vocab_size,
+            "eot_id": eot_id,
             "tokenizer": str(tokenizer_dir),
         },
     )

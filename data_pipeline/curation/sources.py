@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_pipeline.curation.common import curation_dir, fresh
+from data_pipeline.curation.corpus import parquet_rows
 from recipes import Recipe, to_dict
 from recipes.curation import FileSource, HubSource, SourcesConfig, StdlibSource
 from stagekit.io import StageError, atomic_path, read_jsonl, write_manifest
@@ -70,7 +71,7 @@ def iter_files(cfg: FileSource, skipped: Counter) -> Iterator[dict]:
         if fmt == "jsonl":
             rows = ((i, r) for i, r in enumerate(read_jsonl(path, [cfg.text_field])))
         elif fmt == "parquet":
-            rows = enumerate(_parquet_rows(path, cfg.text_field))
+            rows = enumerate(parquet_rows(path, (cfg.text_field,)))
         else:
             try:
                 rows = iter([(0, {cfg.text_field: path.read_text(encoding="utf-8")})])
@@ -100,19 +101,6 @@ def _jsonable(value) -> bool:
     except (TypeError, ValueError):
         return False
     return True
-
-
-def _parquet_rows(path: Path, text_field: str) -> Iterator[dict]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises several types for a bad file
-        raise StageError(f"{path}: not a readable Parquet file ({e})") from e
-    if text_field not in table.schema_arrow.names:
-        raise StageError(f"{path}: no column '{text_field}' (columns: {', '.join(table.schema_arrow.names)})")
-    for batch in table.iter_batches(batch_size=1024):
-        yield from batch.to_pylist()
 
 
 def iter_hub(cfg: HubSource) -> Iterator[dict]:

@@ -13,15 +13,16 @@ from itertools import islice
 from pathlib import Path
 
 from data_pipeline.curation.common import fresh
+from data_pipeline.curation.corpus import read_input
 from recipes import Recipe, to_dict
 from recipes.curation import TokenizerConfig
-from stagekit.io import StageError, atomic_path, read_jsonl, write_manifest
+from stagekit.io import StageError, atomic_path, write_manifest
 
 STAGE, VERSION = "tokenizer", "1"
 
 
 def iter_texts(paths: list[Path], limit: int = 0) -> Iterator[str]:
-    texts = (r["text"] for p in paths for r in read_jsonl(p, ["text"]))
+    texts = (r["text"] for p in paths for _, r in read_input(p, ("text",)))
     return islice(texts, limit) if limit else texts
 
 

@@ -215,7 +215,7 @@ CI_ARMS = (
     "{name: raw, components: [{source: code_raw}]},"
     "{name: filtered, components: [{source: code_edu}]},"
     "{name: synthetic, components: [{source: textbooks}]},"
-    "{name: mixed, components: [{source: code_edu}, {source: textbooks}]},"
+    "{name: mixed, components: [{source: code_edu}, {source: textbooks, share: 0.15}]},"
     "{name: random, components: [{source: code_raw, random_keep_like: code_edu}]},"
     "{name: two-phase, phases: [{until_step: 2, components: [{source: code_raw}]},"
     " {until_step: null, components: [{source: code_edu}, {source: textbooks}]}]}]"
@@ -236,6 +236,7 @@ CI_SIZE = [
     "train.pretrain.seq_len=32",
     "model.overrides={num_layers: 2}",
     "ablation.seeds=[1, 2]",
+    "ablation.parallel_runs=2",
     "ablation.heldout_fraction=0.3",
     "ablation.max_doc_tokens=64",
     "ablation.benchmark_limit=6",
@@ -300,6 +301,24 @@ def test_random_control_keeps_the_classifier_share(ablation_run):
     assert raw["documents"] == random["documents"]  # the same documents to draw from
     assert random["train_documents"] == round(kept * (raw["documents"] - raw["val_documents"]))
     assert abs(random["train_documents"] - filtered["train_documents"]) <= 2
+
+
+@pytest.mark.slow
+def test_share_sets_the_synthetic_part_of_the_mixture(ablation_run):
+    """`share: 0.15` on textbooks: the mixed arm's packed shards hold ~15% textbook characters (measured on the
+    train splits the shards were packed from), where weight 1 would give their natural share."""
+    sources = ablation_run / "ablation" / "sources"
+    chars = {
+        n: sum(len(r["text"]) for r in read_jsonl(sources / n / "train.jsonl"))
+        for n in ("code_edu", "textbooks")
+    }
+    mixture = {m["name"]: m for m in read_manifest(ablation_run / "ablation" / "shards" / "mixed")["mixture"]}
+    packed = {n: chars[n] * mixture[n]["weight"] for n in chars}
+    assert packed["textbooks"] / sum(packed.values()) == pytest.approx(0.15, rel=1e-6)
+    assert (
+        chars["textbooks"] / sum(chars.values()) < 0.15
+    )  # the natural share is smaller: the knob did something
+    assert mixture["textbooks"]["train_share"] == pytest.approx(0.15, abs=0.08)  # in tokens: close, not equal
 
 
 @pytest.mark.slow

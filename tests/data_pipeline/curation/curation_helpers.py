@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
 from data_pipeline.curation.executor import DocumentWorker
+from data_pipeline.curation.mixture import TokenizeWorker
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
@@ -44,3 +47,36 @@ class KillableWorker(DocumentWorker):
                 (log / "kill").unlink()
                 os.kill(os.getpid(), signal.SIGKILL)
         return [len(r["text"]) for r in records]
+
+
+class KillableTokenizer(TokenizeWorker):
+    """TokenizeWorker that logs every record id to $KILL_DIR/processed.txt and SIGKILLs its own process at
+    record $KILL_AT while $KILL_DIR/kill exists."""
+
+    def process(self, records: list[dict]) -> list[list]:
+        log = Path(os.environ["KILL_DIR"])
+        for r in records:
+            with open(log / "processed.txt", "a", encoding="utf-8") as f:
+                f.write(r["id"] + "\n")
+            if r["id"] == os.environ["KILL_AT"] and (log / "kill").exists():
+                (log / "kill").unlink()
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().process(records)
+
+
+def script_env(**extra: str) -> dict[str, str]:
+    """Environment for a test script that imports these helpers and the repo's packages."""
+    path = os.pathsep.join([str(Path(__file__).parent), str(Path.cwd())])
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def run_in_own_session(cmd: list[str], env: dict[str, str]) -> int:
+    """Run `cmd` in its own session and return its exit status; then SIGKILL what is left of its process group
+    (a SIGKILLed driver leaves datatrove's manager process behind)."""
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    code = proc.wait(timeout=300)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return code

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
-import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
-from curation_helpers import STDLIB, write_records
+from curation_helpers import STDLIB, run_in_own_session, script_env, write_records
 
+from data_pipeline.curation.corpus import byte_range, read_jsonl_range
 from data_pipeline.curation.dedup import run_dedup
-from data_pipeline.curation.executor import byte_range, read_jsonl_range
 from data_pipeline.curation.heuristics import run_heuristics
 from data_pipeline.curation.mixture import run_shards
 from data_pipeline.curation.tokenizer import run_tokenizer
@@ -95,7 +91,7 @@ src, work, out = map(Path, sys.argv[1:4])
 if __name__ == "__main__":
     executor = ExecutorConfig(kind="local", tasks=3, workers=1)
     pairs = map_documents(src, KillableWorker(str(work), "r10"), executor, work_dir=work / "dt", batch_size=2)
-    out.write_text(json.dumps([[r["id"], n] for r, n in pairs]))
+    out.write_text(json.dumps([[r["id"], n] for _, r, n in pairs]))
 """
 
 
@@ -105,21 +101,11 @@ def test_killed_task_reruns_alone_without_losing_or_duplicating(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(KILL_SCRIPT)
     (tmp_path / "kill").touch()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(Path.cwd())])}
     cmd = [sys.executable, str(script), str(src), str(tmp_path), str(tmp_path / "out.json")]
+    env = script_env()
 
-    def run() -> int:
-        # Own session: the SIGKILLed driver leaves datatrove's manager process behind; end that group too.
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        code = proc.wait(timeout=300)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        return code
-
-    assert run() == -signal.SIGKILL and not (tmp_path / "out.json").exists()
-    assert run() == 0
+    assert run_in_own_session(cmd, env) == -signal.SIGKILL and not (tmp_path / "out.json").exists()
+    assert run_in_own_session(cmd, env) == 0
     # Reference: the worker's result computed directly, every record once, in input order.
     assert json.loads((tmp_path / "out.json").read_text()) == [[r["id"], len(r["text"])] for r in records]
     processed = Counter((tmp_path / "processed.txt").read_text().split())

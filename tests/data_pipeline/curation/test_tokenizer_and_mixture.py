@@ -9,7 +9,7 @@ import pytest
 from curation_helpers import STDLIB, write_records
 from transformers import AutoTokenizer
 
-from data_pipeline.curation.mixture import run_shards
+from data_pipeline.curation.mixture import load_tokenizer, run_shards
 from data_pipeline.curation.tokenizer import run_tokenizer
 from recipes.curation import MixtureComponent
 from stagekit.io import StageError
@@ -70,6 +70,18 @@ def test_existing_tokenizer_directory(make_recipe, tmp_path, corpus):
     )
     assert manifest["counts"]["vocab_size"] == len(theirs) == len(ours)
     assert ours.encode(UNSEEN) == theirs.encode(UNSEEN) and ours.eos_token_id == theirs.eos_token_id
+
+
+def test_load_tokenizer_agrees_with_transformers(make_recipe, tmp_path, corpus):
+    from stagekit.assets import smollm2_dir
+
+    run_tokenizer(make_recipe(*SMALL), list(corpus), tmp_path / "tok")
+    for directory in (tmp_path / "tok", smollm2_dir()):
+        reference = AutoTokenizer.from_pretrained(directory)
+        tok, vocab_size, eos_id = load_tokenizer(directory)
+        assert (vocab_size, eos_id) == (len(reference), reference.eos_token_id)
+        ids = tok.encode(UNSEEN, add_special_tokens=False).ids
+        assert ids == reference.encode(UNSEEN, add_special_tokens=False)
 
 
 def test_empty_corpus_fails(make_recipe, tmp_path):
@@ -139,7 +151,7 @@ def test_mixture_errors(make_recipe, tmp_path, corpus):
             tmp_path / "s",
         )
     empty = write_records(tmp_path / "empty.jsonl", [{"id": "e", "text": ""}])
-    with pytest.raises(StageError, match="no documents to write"):
+    with pytest.raises(StageError, match="at least 2 documents for a train/val split, got 0"):
         run_shards(
             recipe,
             "finetune",
