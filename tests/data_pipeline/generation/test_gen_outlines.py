@@ -6,9 +6,9 @@ import json
 import pytest
 
 from data_pipeline.generation import code_textbook, outlines
-from data_pipeline.generation.pipeline import capacity
+from data_pipeline.generation.pipeline import capacity, run_generation
 from data_pipeline.generation.seeds import ExtractStore
-from data_pipeline.generation.stages import outlines_stage
+from data_pipeline.generation.stages import default_paths, outlines_stage
 from recipes import load_recipe
 from stagekit.io import StageError, read_manifest
 
@@ -92,3 +92,35 @@ def test_zero_count_names_the_key(tmp_path):
     recipe = load_recipe("tiny", [f"run_dir={tmp_path}"])
     with pytest.raises(StageError, match=r"data\.generation\.outlines\.concepts is 0"):
         outlines_stage(recipe, "taxonomy", tmp_path / "taxonomy.jsonl")
+
+
+@pytest.mark.slow
+def test_a_recipe_run_feeds_the_expansions_to_the_prompt_stages(tmp_path):
+    """`data_pipeline all` with outlines/concepts on: the cached outlines and taxonomy are inputs of the Cosmopedia
+    and CodeTextbook prompt stages, which build the same space as a recipe pointing at those files by hand."""
+    code_topics = tmp_path / "code_topics.txt"
+    code_topics.write_text("recursion\nstring formatting\n")
+    overrides = [
+        f"run_dir={tmp_path / 'run'}",
+        "data.generation.outlines={units: 2, sections: 2, concepts: 2, max_new_tokens: 32}",
+        "data.generation.sampling={max_new_tokens: 8, temperature: 0.0}",
+        "data.generation.cosmopedia={num_prompts: 1, use_corpus: false}",
+        f"data.generation.code_textbook={{num_prompts: 1, use_corpus: false, topics: {code_topics}}}",
+        "data.generation.code_exercises.num_prompts=0",
+    ]
+    recipe = load_recipe("tiny", overrides)
+    manifests = run_generation(recipe)
+    paths = default_paths(recipe)
+    by_hand = load_recipe(
+        "tiny",
+        [
+            *overrides,
+            f"data.generation.cosmopedia.outlines={paths['outlines']}",
+            f"data.generation.code_textbook.taxonomy={paths['taxonomy']}",
+        ],
+    )
+    for method, expansion in (("cosmopedia", "outlines"), ("code-textbook", "taxonomy")):
+        manifest = manifests[f"prompts/{method}"]
+        assert manifests[expansion]["counts"]["seeds"] > 0
+        assert str(paths[expansion]) in json.dumps(manifest["inputs"])
+        assert manifest["counts"]["capacity"] == capacity(by_hand, method)[0] > capacity(recipe, method)[0]
