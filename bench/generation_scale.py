@@ -226,7 +226,9 @@ def main() -> None:
     )
     parser.add_argument("--work", help="working directory (default: a temporary one)")
     parser.add_argument("--skip-prompts", action="store_true", help="only the generation path")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="prompt builders run")
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=list(METHODS), help="prompt builders run"
+    )
     parser.add_argument("--skip-generation", action="store_true", help="only prompt building")
     parser.add_argument("--engines", nargs="+", choices=list(ENGINES), default=list(ENGINES))
     parser.add_argument("--child", choices=list(ENGINES), help=argparse.SUPPRESS)
