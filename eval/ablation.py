@@ -207,6 +207,7 @@ def keep_share(recipe: Recipe, name: str) -> float:
 
 
 def text_chars(path: Path) -> int:
+    """Characters of `text` in a train split."""
     return sum(len(r["text"]) for r in read_jsonl(path))
 
 
@@ -220,18 +221,15 @@ def mixture_pairs(
             raise StageError(
                 f"ablation.arms: source '{comp.source}' is not a data.curation.shards component ({', '.join(plans)})"
             )
-    weights = {}
-    for comp in mixture:
-        weights[comp.source] = comp.weight * (
-            keep_share(recipe, comp.random_keep_like) if comp.random_keep_like else 1.0
-        )
+    weights = {
+        c.source: c.weight * (keep_share(recipe, c.random_keep_like) if c.random_keep_like else 1.0)
+        for c in mixture
+    }
     shares = {c.source: c.share for c in mixture if c.share is not None}
     if shares:
         # Characters the fixed components put in the mixture; each shared source is repeated so that it holds
         # `share` of the total: w_i * chars_i = share_i * rest / (1 - sum(shares)).
-        rest = sum(
-            weights[c.source] * text_chars(splits[c.source]["train"]) for c in mixture if c.share is None
-        )
+        rest = sum(weights[s] * text_chars(splits[s]["train"]) for s in weights if s not in shares)
         for source, share in shares.items():
             chars = text_chars(splits[source]["train"])
             if not chars:
@@ -413,14 +411,18 @@ def run_ablation(recipe_ref: str | Path, overrides: list[str], *, force: bool = 
     sets = item_sets(recipe, splits)
     inputs = [p["heldout"] for p in splits.values()]
     workers = min(recipe.ablation.parallel_runs, len(runs))
+
+    def done(i: int, run: Run) -> None:
+        print(
+            f"[ablation] {i}/{len(runs)} done: arm {run.arm.name}, seed {run.seed}",
+            file=sys.stderr,
+            flush=True,
+        )
+
     if workers == 1:
         for i, run in enumerate(runs, 1):
-            print(
-                f"[ablation] {i}/{len(runs)}: arm {run.arm.name}, seed {run.seed}",
-                file=sys.stderr,
-                flush=True,
-            )
             train_and_score(recipe, run, sets, inputs, force)
+            done(i, run)
     else:
         # Runs are independent (own run_dir, seed and data), so they only share the cores. spawn: a fresh
         # interpreter per worker, no forked torch thread pools or tokenizer state.
@@ -428,16 +430,11 @@ def run_ablation(recipe_ref: str | Path, overrides: list[str], *, force: bool = 
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
             jobs = {pool.submit(train_and_score, recipe, run, sets, inputs, force): run for run in runs}
             for i, job in enumerate(as_completed(jobs), 1):
-                if job.exception() is not None:
+                if (error := job.exception()) is not None:
                     # Stop the queued runs; finished ones keep their manifests, so a rerun resumes after them.
                     pool.shutdown(cancel_futures=True)
-                    raise job.exception()
-                run = jobs[job]
-                print(
-                    f"[ablation] {i}/{len(runs)} done: arm {run.arm.name}, seed {run.seed}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                    raise error
+                done(i, jobs[job])
     with atomic_path(ablation_dir(recipe) / "recipe.yaml") as tmp:
         tmp.write_text(yaml.safe_dump({"recipe": str(recipe_ref), "overrides": overrides}), encoding="utf-8")
     return write_report(recipe, runs, wall_seconds=time.time() - started)

@@ -42,10 +42,8 @@ from recipes.curation import ExecutorConfig, MixtureComponent, ShardsConfig
 from stagekit.io import StageError, atomic_path, sha256_file, write_manifest
 from stagekit.shards import ShardWriter, iter_documents, read_index, token_dtype
 
-STAGE, VERSION = (
-    "shards",
-    "3",
-)  # 3: per-task token shards, streaming split, bucketed shuffle (2: prompt tokens)
+# Version 3: per-task token shards, streaming split, bucketed shuffle (2: prompt tokens).
+STAGE, VERSION = "shards", "3"
 
 
 def load_tokenizer(tokenizer_dir: Path):
