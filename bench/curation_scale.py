@@ -201,7 +201,7 @@ def run_size(n: int, args, root: Path) -> list[dict]:
             print(json.dumps(rows[-1]), flush=True)
             if out.suffix == ".jsonl":
                 src = out
-        if "dedup" not in args.stages:
+        if "dedup" not in args.stages or args.no_peer:
             continue
         peer_dir = d / "peer"
         shutil.rmtree(peer_dir, ignore_errors=True)  # the peer never reuses an earlier run's files
@@ -288,6 +288,7 @@ def main() -> None:
         default="sha1",
         help="the peer's shingle hash: sha1 (datatrove 0.10.1 as shipped) or the stage's xxhash64 of UTF-8",
     )
+    parser.add_argument("--no-peer", action="store_true", help="skip datatrove's own MinHash run")
     parser.add_argument("--dup-rate", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--benchmarks", default=str(REPO.parent / "shared" / "benchmarks"))

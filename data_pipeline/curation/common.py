@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
+import shutil
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from data_pipeline.curation.corpus import OutputShards
+from data_pipeline.curation.executor import FilterWorker, filter_line, read_part, run_parts
 from recipes import Recipe
+from recipes.curation import ExecutorConfig
 from stagekit.cli import data_dir
 from stagekit.io import StageError, is_fresh, read_manifest, write_manifest
 
@@ -48,23 +52,60 @@ class FilterWriter:
         self.seen = 0
         self.drops: Counter[str] = Counter()
 
+    def run(
+        self,
+        worker: FilterWorker,
+        executor: ExecutorConfig,
+        *,
+        work_dir: Path,
+        desc: str,
+        resume: Callable[[], Any],
+        batch_size: int = 64,
+        observe: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Filter the input with `worker` as datatrove tasks (inline: one task in this process). Each task
+        writes the records it keeps; the driver reads only the results (`observe` sees each one, in input
+        order, for the stage's report) and assembles the output from the tasks' kept files."""
+        parts = run_parts(self.input, worker, executor, work_dir, batch_size, ("text",), resume)
+        for part in parts:
+            for result in read_part(part / "results.jsonl"):
+                if observe is not None:
+                    observe(result)
+                self._count(worker.verdict(result))
+        self._check()
+        with OutputShards(self.output, self.input) as out:
+            for shard in range(len(out.names) if out.directory else 1):
+                for part in parts:  # tasks hold contiguous ranges: rank order is input order
+                    if (piece := part / "kept" / f"{shard:05d}.jsonl").exists():
+                        out.add_piece(shard, piece)
+        shutil.rmtree(parts[0].parent)  # the kept files now live in the output; datatrove's logs stay
+        with contextlib.suppress(OSError):
+            parts[0].parent.parent.rmdir()  # inline runs leave no logs: no empty work directory either
+
     def write(self, decisions: Iterable[tuple[int, dict, str | None]]) -> None:
         """`decisions` yields (input shard index, record, rule that dropped it or None to keep)."""
         with OutputShards(self.output, self.input) as out:
             for shard, record, rule in decisions:
-                self.seen += 1
-                if rule is None:
-                    out.file(shard).write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-                    self.kept += 1
-                else:
-                    self.drops[rule] += 1
-            if self.seen == 0:
-                raise StageError(f"[{self.stage}] the input is empty; nothing to write to {self.output}")
-            if self.kept == 0:
-                rules = ", ".join(f"{k}={v}" for k, v in self.drops.most_common())
-                raise StageError(
-                    f"[{self.stage}] every one of {self.seen} documents was dropped ({rules}); refusing to write an empty {self.output}"
-                )
+                if self._count(rule):
+                    out.file(shard).write(filter_line(record))
+            self._check()
+
+    def _count(self, rule: str | None) -> bool:
+        self.seen += 1
+        if rule is None:
+            self.kept += 1
+        else:
+            self.drops[rule] += 1
+        return rule is None
+
+    def _check(self) -> None:
+        if self.seen == 0:
+            raise StageError(f"[{self.stage}] the input is empty; nothing to write to {self.output}")
+        if self.kept == 0:
+            rules = ", ".join(f"{k}={v}" for k, v in self.drops.most_common())
+            raise StageError(
+                f"[{self.stage}] every one of {self.seen} documents was dropped ({rules}); refusing to write an empty {self.output}"
+            )
 
     def manifest(self, *, version: str, params: dict, inputs: list[Path], extra: dict | None = None) -> dict:
         return write_manifest(

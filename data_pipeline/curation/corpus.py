@@ -12,6 +12,7 @@ tasks together parse it once), a directory's shards are dealt to the tasks in co
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -153,13 +154,29 @@ class OutputShards:
     def file(self, shard: int) -> BinaryIO:
         """The open output for records of input shard `shard` (shards must not go backwards)."""
         if self.directory and shard != self._shard:
-            if self._shard is not None and shard < self._shard:
-                raise StageError(f"{self.output}: shard {shard} arrived after shard {self._shard}")
-            if self._file is not None:
-                self._file.close()
-            self._shard = shard
-            self._file = open(self._tmp / self.names[shard], "wb")
+            self._open(shard)
         return self._file
+
+    def add_piece(self, shard: int, piece: Path) -> None:
+        """Append a finished file of shard `shard`'s lines; an output file's first piece is moved into place
+        rather than copied (one task's output, or a directory shard, which comes from one task)."""
+        out = self.file(shard)
+        if out.tell() == 0:
+            out.close()
+            target = self._tmp / self.names[shard] if self.directory else self._tmp
+            shutil.move(piece, target)  # replaces the empty file
+            self._file = open(target, "ab")
+            return
+        with open(piece, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+
+    def _open(self, shard: int) -> None:
+        if self._shard is not None and shard < self._shard:
+            raise StageError(f"{self.output}: shard {shard} arrived after shard {self._shard}")
+        if self._file is not None:
+            self._file.close()
+        self._shard = shard
+        self._file = open(self._tmp / self.names[shard], "wb")
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._file is not None:

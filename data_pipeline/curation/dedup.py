@@ -24,6 +24,7 @@ duplicate when one band matches, so the effective cut is the S-curve 1 - (1 - s^
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -31,10 +32,12 @@ import re
 import shutil
 import struct
 import time
+from array import array
 from collections import Counter, defaultdict
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import xxhash
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
@@ -166,36 +169,46 @@ class KeepFirst(PipelineStep):
         self.exact, self.near = exact, near
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        members: dict[int, list[tuple[int, int]]] = defaultdict(list)  # cluster id -> (task, index)
-        for path in sorted(Path(self.clusters_dir).glob("*.clusters")):
-            task = int(path.stem)
-            for doc, cluster in struct.iter_unpack("<2I", path.read_bytes()):
-                members[cluster].append((task, doc))
-        removals: dict[int, list[int]] = defaultdict(list)
+        # (task, index, cluster) of every clustered document as flat arrays, 12 bytes each: this runs in
+        # the process that just held datatrove's union-find, whose peak it should not add to.
+        parts = [
+            (int(path.stem), np.fromfile(path, dtype="<u4").reshape(-1, 2))
+            for path in sorted(Path(self.clusters_dir).glob("*.clusters"))
+        ]
+        task = np.concatenate([np.full(len(p), t, np.uint32) for t, p in parts] or [np.empty(0, np.uint32)])
+        doc, cluster = (
+            np.concatenate([p[:, k] for _, p in parts] or [np.empty(0, np.uint32)]) for k in (0, 1)
+        )
+        order = np.lexsort((doc, task, cluster))  # by cluster, then (task, index), i.e. input order
+        task, doc, cluster = task[order], doc[order], cluster[order]
+        bounds = np.flatnonzero(np.r_[True, cluster[1:] != cluster[:-1], True]).tolist()
+        removals: dict[int, array] = defaultdict(lambda: array("I"))
         drops: Counter[str] = Counter()
-        examples, clusters, largest = [], 0, 1
+        examples: list[tuple] = []  # the MAX_EXAMPLES first drops in input order
+        clusters, largest = 0, 1
         hash_files = {}
         try:
-            for group in members.values():
-                group.sort()  # (task, index) order is input order: tasks own contiguous byte ranges
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                group = list(zip(task[lo:hi].tolist(), doc[lo:hi].tolist()))
                 dropped_before = sum(drops.values())
                 first_of_hash: dict[bytes, tuple[int, int]] = {}
-                for i, (task, doc) in enumerate(group):
-                    f = hash_files.get(task) or hash_files.setdefault(
-                        task, open(Path(self.hashes_dir) / f"{task:05d}", "rb")
+                for i, (t, d) in enumerate(group):
+                    f = hash_files.get(t) or hash_files.setdefault(
+                        t, open(Path(self.hashes_dir) / f"{t:05d}", "rb")
                     )
-                    f.seek(doc * HASH.size)
+                    f.seek(d * HASH.size)
                     digest = f.read(HASH.size)
-                    earlier = first_of_hash.setdefault(digest, (task, doc))
-                    if i and self.exact and earlier != (task, doc):
+                    earlier = first_of_hash.setdefault(digest, (t, d))
+                    if i and self.exact and earlier != (t, d):
                         rule, keeper = "exact_duplicate", earlier
                     elif i and self.near:
                         rule, keeper = "near_duplicate", group[0]
                     else:
                         continue
-                    removals[task].append(doc)
+                    removals[t].append(d)
                     drops[rule] += 1
-                    examples.append((task, doc, *keeper, rule))
+                    bisect.insort(examples, (t, d, *keeper, rule))
+                    del examples[MAX_EXAMPLES:]
                 if sum(drops.values()) > dropped_before:
                     clusters, largest = clusters + 1, max(largest, len(group))
         finally:
@@ -205,12 +218,12 @@ class KeepFirst(PipelineStep):
         out.mkdir(parents=True, exist_ok=True)
         for task, docs in removals.items():
             with atomic_path(out / f"{task:06d}.remove") as tmp:  # datatrove's filter reads <rank:06d>.remove
-                Path(tmp).write_bytes(struct.pack(f"<{len(docs)}I", *sorted(docs)))
+                Path(tmp).write_bytes(np.sort(np.frombuffer(docs, dtype=np.uint32)).astype("<u4").tobytes())
         summary = {
             "drops": dict(sorted(drops.items())),
             "clusters_with_duplicates": clusters,
             "largest_cluster": largest,
-            "examples": sorted(examples)[:MAX_EXAMPLES],
+            "examples": examples,
         }
         write_json(out / "summary.json", summary)
         return iter(())

@@ -13,7 +13,9 @@ results). `map_documents` yields `(input shard, record, result)` in input order 
   by the input's hash and the worker's parameters (`parts/spec.json`); a re-run reuses the finished tasks
   (datatrove's completion markers) and runs only the ones that failed or were killed, whose part was never
   renamed into place. A worker may write another kind of part (`write_part`: the tokenizer writes a token
-  shard directory per task); `run_parts` returns the finished parts of any kind.
+  shard directory per task); `run_parts` returns the finished parts of any kind. A `FilterWorker`'s task
+  also writes the records it keeps, so a filter stage's output is assembled from the tasks' files and its
+  driver reads only the small results (`common.FilterWriter.run`; inline, that is one task in-process).
 
 On Slurm the driver cannot wait: it submits the map job and a dependent one-task job that re-runs the
 whole stage (`resume`), which finds the finished parts and writes the output; the driver raises
@@ -71,15 +73,56 @@ class DocumentWorker(abc.ABC):
 
     part_suffix = ".jsonl"  # "" for a worker whose part is a directory
 
-    def write_part(self, tmp: Path, results: Iterator[list[Any]]) -> None:
+    def write_part(self, tmp: Path, batches: Iterator[Batch]) -> None:
         """Write one task's results (batch by batch) to `tmp`, renamed to its part when this returns."""
         with open(tmp, "w", encoding="utf-8") as f:
-            for batch in results:
-                f.writelines(json.dumps(result, ensure_ascii=False) + "\n" for result in batch)
+            for batch in batches:
+                f.writelines(json.dumps(result, ensure_ascii=False) + "\n" for result in batch.results)
 
     def fingerprint(self) -> dict:
         params = dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
         return json.loads(json.dumps({"worker": type(self).__qualname__, "params": params}, default=str))
+
+
+class FilterWorker(DocumentWorker):
+    """A worker whose result decides whether its record is kept. Each task writes the records it keeps
+    itself (`kept/<input shard>.jsonl` beside `results.jsonl` in its part directory), so a stage's output
+    is assembled from the tasks' files without the driver reading the corpus again (`FilterWriter.run`)."""
+
+    part_suffix = ""
+
+    def verdict(self, result: Any) -> str | None:
+        """The rule that drops the record with this result, or None to keep it (default: the result)."""
+        return result
+
+    def write_part(self, tmp: Path, batches: Iterator[Batch]) -> None:
+        (tmp / "kept").mkdir(parents=True)
+        kept: dict[int, Any] = {}
+        try:
+            with open(tmp / "results.jsonl", "w", encoding="utf-8") as out:
+                for batch in batches:
+                    for (shard, record), result in zip(batch.records, batch.results):
+                        out.write(json.dumps(result, ensure_ascii=False) + "\n")
+                        if self.verdict(result) is None:
+                            if shard not in kept:
+                                kept[shard] = open(tmp / "kept" / f"{shard:05d}.jsonl", "wb")
+                            kept[shard].write(filter_line(record))
+        finally:
+            for f in kept.values():
+                f.close()
+
+
+def filter_line(record: dict) -> bytes:
+    """How a kept record is written to a filtered output (every path writes it the same way)."""
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+@dataclasses.dataclass
+class Batch:
+    """One batch of a task: its (input shard, record) pairs and the worker's result for each."""
+
+    records: list[tuple[int, dict]]
+    results: list[Any]
 
 
 def batched(iterable, n: int) -> Iterator[list]:
@@ -111,7 +154,7 @@ def map_documents(
                 bar.update(len(batch))
         return
     parts = run_parts(path, worker, executor, work_dir, batch_size, required, resume)
-    results = chain.from_iterable(_read_part(p) for p in parts)
+    results = chain.from_iterable(read_part(p) for p in parts)
     missing = object()
     for i, (shard, record) in enumerate(records):
         result = next(results, missing)
@@ -122,7 +165,7 @@ def map_documents(
         raise StageError(f"{work_dir}: datatrove parts hold more results than {path} has records")
 
 
-def _read_part(path: Path) -> Iterator[Any]:
+def read_part(path: Path) -> Iterator[Any]:
     with open(path, encoding="utf-8") as f:
         for line in f:
             yield json.loads(line)
@@ -243,19 +286,19 @@ class MapStep(PipelineStep):
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         self.worker.ready()
-        mine = (r for _, r in task_records(self.input, rank, world_size, self.required))
+        mine = task_records(self.input, rank, world_size, self.required)
         with atomic_path(Path(self.parts_dir) / f"{rank:05d}{self.worker.part_suffix}") as tmp:
-            self.worker.write_part(tmp, self._results(mine))
+            self.worker.write_part(tmp, self._batches(mine))
         return None
 
-    def _results(self, records: Iterator[dict]) -> Iterator[list[Any]]:
+    def _batches(self, records: Iterator[tuple[int, dict]]) -> Iterator[Batch]:
         with tqdm(desc=self.name, unit="doc", dynamic_ncols=True) as bar:
             for batch in batched(records, self.batch_size):
                 with self.track_time(unit="batch"):
-                    results = self.worker.process(batch)
+                    results = self.worker.process([r for _, r in batch])
                 self.stat_update("documents", value=len(batch))
                 bar.update(len(batch))
-                yield results
+                yield Batch(batch, results)
 
 
 class FinishStage(PipelineStep):

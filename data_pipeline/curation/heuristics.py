@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from data_pipeline.curation.common import FilterWriter, fresh
-from data_pipeline.curation.executor import DocumentWorker, map_documents
+from data_pipeline.curation.executor import FilterWorker
 from recipes import Recipe, to_dict
 from recipes.curation import HeuristicRules
 
@@ -56,7 +56,7 @@ def check(text: str, rules: HeuristicRules, finish_reason: str | None = None) ->
 
 
 @dataclass
-class HeuristicsWorker(DocumentWorker):
+class HeuristicsWorker(FilterWorker):
     rules: dict
 
     def setup(self) -> None:
@@ -82,14 +82,11 @@ def run_heuristics(
         return manifest
     started = time.time()
     writer = FilterWriter(STAGE, output, started, input)
-    worker = HeuristicsWorker(rules=dataclasses.asdict(rules))
-    pairs = map_documents(
-        input,
-        worker,
+    writer.run(
+        HeuristicsWorker(rules=dataclasses.asdict(rules)),
         cfg.executor,
         work_dir=Path(output).parent / "_datatrove" / f"{Path(output).stem}",
         desc=f"{STAGE}[{profile}]",
         resume=functools.partial(run_heuristics, recipe, input, output, profile=profile, force=True),
     )
-    writer.write(pairs)
     return writer.manifest(version=VERSION, params=params, inputs=[input])

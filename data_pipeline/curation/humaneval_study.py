@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline.curation.common import FilterWriter, fresh
-from data_pipeline.curation.executor import DocumentWorker, map_documents
+from data_pipeline.curation.executor import FilterWorker
 from recipes import Recipe, to_dict
 
 STAGE, VERSION = "humaneval-study", "1"
@@ -106,11 +106,13 @@ def _reference(embedder: str, embed_chars: int):
 
 
 @dataclass
-class StudyWorker(DocumentWorker):
+class StudyWorker(FilterWorker):
     embedder: str
     embed_chars: int
     floor_ast: float  # only problems at least this close are reported (keeps results sparse)
     floor_embedding: float
+    prune_ast: float = 0.0  # prune exercises at least this close (0: report only)
+    prune_embedding: float = 0.0
 
     def setup(self) -> None:
         self._ids, self._prints, self._model, self._vectors = _reference(self.embedder, self.embed_chars)
@@ -125,8 +127,16 @@ class StudyWorker(DocumentWorker):
             fp = ast_fingerprint(record["text"]) or Counter()
             rates = np.array([ast_match_rate(fp, ref) for ref in self._prints])
             scores = _scores("ast", rates, self.floor_ast, self._ids)
-            out.append({**scores, **_scores("embedding", cos, self.floor_embedding, self._ids)})
+            embedding = _scores("embedding", cos, self.floor_embedding, self._ids)
+            out.append({"id": record.get("id"), **scores, **embedding})
         return out
+
+    def verdict(self, result: dict) -> str | None:
+        if self.prune_ast and result["best_ast"] >= self.prune_ast:
+            return "humaneval_ast"
+        if self.prune_embedding and result["best_embedding"] >= self.prune_embedding:
+            return "humaneval_embedding"
+        return None
 
 
 def _scores(kind: str, scores: np.ndarray, floor: float, ids: list[str]) -> dict:
@@ -165,6 +175,8 @@ def run_humaneval_study(recipe: Recipe, input: Path, output: Path, *, force: boo
         cfg.embed_chars,
         min([*cfg.ast_thresholds, cfg.prune_ast or 1.0]),
         min([*cfg.embedding_thresholds, cfg.prune_embedding or 1.0]),
+        cfg.prune_ast,
+        cfg.prune_embedding,
     )
     ids = worker.ready()._ids
     thresholds = {"ast": cfg.ast_thresholds, "embedding": cfg.embedding_thresholds}
@@ -175,40 +187,32 @@ def run_humaneval_study(recipe: Recipe, input: Path, output: Path, *, force: boo
     }  # problem -> score of its closest exercise
     examples: list[dict] = []
 
-    def decide(pairs):
-        for shard, record, result in pairs:
-            for kind in thresholds:
-                removed[kind].update(t for t in thresholds[kind] if result[f"best_{kind}"] >= t)
-                for i, score in result[kind]:
-                    closest[kind][i] = max(closest[kind].get(i, 0.0), score)
-            rule = None
-            if cfg.prune_ast and result["best_ast"] >= cfg.prune_ast:
-                rule = "humaneval_ast"
-            elif cfg.prune_embedding and result["best_embedding"] >= cfg.prune_embedding:
-                rule = "humaneval_embedding"
-            if rule and len(examples) < 10:
-                kind = rule.removeprefix("humaneval_")
-                examples.append(
-                    {
-                        "id": record.get("id"),
-                        "rule": rule,
-                        "item": result[f"best_{kind}_item"],
-                        "score": result[f"best_{kind}"],
-                    }
-                )
-            yield shard, record, rule
+    def observe(result: dict) -> None:
+        for kind in thresholds:
+            removed[kind].update(t for t in thresholds[kind] if result[f"best_{kind}"] >= t)
+            for i, score in result[kind]:
+                closest[kind][i] = max(closest[kind].get(i, 0.0), score)
+        if (rule := worker.verdict(result)) and len(examples) < 10:
+            kind = rule.removeprefix("humaneval_")
+            examples.append(
+                {
+                    "id": result["id"],
+                    "rule": rule,
+                    "item": result[f"best_{kind}_item"],
+                    "score": result[f"best_{kind}"],
+                }
+            )
 
-    pairs = map_documents(
-        input,
+    writer = FilterWriter(STAGE, output, started, input)
+    writer.run(
         worker,
         recipe.data.curation.executor,
         work_dir=Path(output).parent / "_datatrove" / Path(output).stem,
         batch_size=cfg.embed_batch_size,
         desc=STAGE,
         resume=functools.partial(run_humaneval_study, recipe, input, output, force=True),
+        observe=observe,
     )
-    writer = FilterWriter(STAGE, output, started, input)
-    writer.write(decide(pairs))
     kinds = ["ast", "embedding"] if cfg.embedder else ["ast"]
     table = [row for k in kinds for row in _table(k, thresholds[k], removed[k], closest[k], len(ids))]
     study = {"problems": len(ids), "exercises": writer.seen, "table": table, "examples": examples}

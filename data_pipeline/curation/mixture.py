@@ -36,7 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_pipeline.curation.common import fresh
-from data_pipeline.curation.executor import DocumentWorker, run_parts
+from data_pipeline.curation.executor import Batch, DocumentWorker, run_parts
 from recipes import Recipe, to_dict
 from recipes.curation import ExecutorConfig, MixtureComponent, ShardsConfig
 from stagekit.io import StageError, atomic_path, sha256_file, write_manifest
@@ -106,7 +106,7 @@ class TokenizeWorker(DocumentWorker):
         tails = self._encode([t[len(p) :] for t, p in zip(texts, prompts)])
         return [[h + t, len(h)] for h, t in zip(heads, tails)]
 
-    def write_part(self, tmp: Path, results: Iterator[list[list]]) -> None:
+    def write_part(self, tmp: Path, batches: Iterator[Batch]) -> None:
         with ShardWriter(
             tmp,
             vocab_size=self._vocab_size,
@@ -114,8 +114,8 @@ class TokenizeWorker(DocumentWorker):
             shard_tokens=self.shard_tokens,
             allow_empty=True,
         ) as writer:
-            for batch in results:
-                for ids, prompt_tokens in batch:
+            for batch in batches:
+                for ids, prompt_tokens in batch.results:
                     if ids:  # an empty text would become a lone eot
                         writer.add_document(ids, prompt_tokens=prompt_tokens)
             writer.close()

@@ -11,7 +11,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_pipeline.curation.executor import DocumentWorker
+from data_pipeline.curation.executor import DocumentWorker, FilterWorker
 from data_pipeline.curation.mixture import TokenizeWorker
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -47,6 +47,14 @@ class KillableWorker(DocumentWorker):
                 (log / "kill").unlink()
                 os.kill(os.getpid(), signal.SIGKILL)
         return [len(r["text"]) for r in records]
+
+
+@dataclass
+class KillableFilter(FilterWorker, KillableWorker):
+    """KillableWorker as a filter: drops the records whose text has an odd length."""
+
+    def verdict(self, length: int) -> str | None:
+        return "odd" if length % 2 else None
 
 
 class KillableTokenizer(TokenizeWorker):

@@ -12,6 +12,7 @@ from curation_helpers import STDLIB, run_in_own_session, script_env, write_recor
 
 from data_pipeline.curation.corpus import byte_range, read_jsonl_range
 from data_pipeline.curation.dedup import run_dedup
+from data_pipeline.curation.executor import filter_line
 from data_pipeline.curation.heuristics import run_heuristics
 from data_pipeline.curation.mixture import run_shards
 from data_pipeline.curation.tokenizer import run_tokenizer
@@ -117,3 +118,41 @@ def test_killed_task_reruns_alone_without_losing_or_duplicating(tmp_path):
     redone = {i for i, k in owner.items() if k == killed and int(i[1:]) <= 10}
     assert {i for i, n in processed.items() if n > 1} == redone and set(processed) == set(owner)
     assert not list((tmp_path / "dt" / "parts").glob(".*.tmp"))
+
+
+FILTER_SCRIPT = """
+import sys
+from pathlib import Path
+from curation_helpers import KillableFilter
+from data_pipeline.curation.common import FilterWriter
+from recipes.curation import ExecutorConfig
+
+src, work, out = map(Path, sys.argv[1:4])
+if __name__ == "__main__":
+    executor = ExecutorConfig(kind="local", tasks=3, workers=1)
+    writer = FilterWriter("odd", out, 0.0, src)
+    writer.run(KillableFilter(str(work), "r10"), executor, work_dir=work / "dt", desc="odd", resume=None,
+               batch_size=2)
+    print(writer.seen, writer.kept, dict(writer.drops))
+"""
+
+
+def test_filter_tasks_write_the_output_and_a_killed_one_reruns_alone(tmp_path):
+    records = [{"id": f"r{i}", "text": "y" * (i + 1)} for i in range(15)]
+    src = write_records(tmp_path / "in.jsonl", records)
+    script = tmp_path / "run.py"
+    script.write_text(FILTER_SCRIPT)
+    (tmp_path / "kill").touch()
+    out = tmp_path / "kept.jsonl"
+    cmd = [sys.executable, str(script), str(src), str(tmp_path), str(out)]
+
+    assert run_in_own_session(cmd, script_env()) == -signal.SIGKILL and not out.exists()
+    finished = sorted(p.name for p in (tmp_path / "dt" / "parts").iterdir() if not p.name.startswith("."))
+    assert 0 < len([n for n in finished if n != "spec.json"]) < 3  # some tasks wrote their kept records
+    assert run_in_own_session(cmd, script_env()) == 0
+    # Every even-length record once, in input order, written as the inline path writes it.
+    assert out.read_bytes() == b"".join(filter_line(r) for r in records if len(r["text"]) % 2 == 0)
+    processed = Counter((tmp_path / "processed.txt").read_text().split())
+    assert set(processed) == {r["id"] for r in records} and processed["r10"] == 2
+    assert processed["r0"] == 1  # the first task had finished: it was not redone
+    assert not (tmp_path / "dt" / "parts").exists()  # the kept files moved into the output
