@@ -23,6 +23,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ import numpy as np
 from data_pipeline.curation.common import FilterWriter, fresh
 from data_pipeline.curation.corpus import read_input
 from data_pipeline.curation.embed import Embedder
-from data_pipeline.curation.executor import DocumentWorker, map_documents
+from data_pipeline.curation.executor import DocumentWorker, read_part, run_parts
 from data_pipeline.teachers.base import Sampling
 from recipes import Recipe, to_dict
 from stagekit.io import (
@@ -260,16 +261,17 @@ def run_edu_filter(
         return manifest
     started = time.time()
     worker = EduScorer(str(classifier), sha256_file(classifier / "model.joblib"), cfg.embed_batch_size)
-    pairs = map_documents(
+    # The tasks write scores only; the driver needs them all for the keep_fraction cut before it decides.
+    parts = run_parts(
         input,
         worker,
         recipe.data.curation.executor,
-        work_dir=Path(output).parent / "_datatrove" / Path(output).stem,
-        batch_size=cfg.embed_batch_size,
-        desc=FILTER,
-        resume=functools.partial(run_edu_filter, recipe, input, output, classifier=classifier, force=True),
+        Path(output).parent / "_datatrove" / Path(output).stem,
+        cfg.embed_batch_size,
+        ("text",),
+        functools.partial(run_edu_filter, recipe, input, output, classifier=classifier, force=True),
     )
-    scores = np.array([score for _, _, score in pairs])
+    scores = np.fromiter(chain.from_iterable(read_part(p) for p in parts), dtype=np.float64)
     if cfg.keep_fraction > 0 and len(scores):
         # The k-th highest score; ties at the cut are all kept (deterministic, no order dependence).
         k = max(1, round(cfg.keep_fraction * len(scores)))
@@ -279,7 +281,7 @@ def run_edu_filter(
     writer = FilterWriter(FILTER, output, started, input)
     decisions = (
         (shard, {**record, "edu_score": float(score)}, None if score >= cut else "low_edu_score")
-        for (shard, record), score in zip(read_input(input, ("text",)), scores)
+        for (shard, record), score in zip(read_input(input, ("text",)), scores, strict=True)
     )
     writer.write(decisions)
     hist = np.histogram(scores, bins=10, range=(0, 1))[0].tolist() if len(scores) else []

@@ -2,20 +2,16 @@
 
 A stage describes its per-document work as a `DocumentWorker` (a dataclass of plain parameters whose
 `setup` loads heavy state once per process and whose `process` maps a batch of records to JSON-able
-results). `map_documents` yields `(input shard, record, result)` in input order whichever way it ran:
-
-- inline: this process, batch by batch;
-- local / slurm: datatrove tasks; task `rank` reads only its own share of the input (a byte range of a
-  JSONL file, or its own files of a directory of shards: `corpus.task_records`, so reading costs N records
-  in total, not tasks x N) and writes its results, one JSON line per record, to `parts/<rank>.jsonl`
-  atomically. Concatenated in rank order the parts are in input order, so the driver streams the input
-  beside them (no per-document state) and the output is byte-identical to the inline run. Parts are keyed
-  by the input's hash and the worker's parameters (`parts/spec.json`); a re-run reuses the finished tasks
-  (datatrove's completion markers) and runs only the ones that failed or were killed, whose part was never
-  renamed into place. A worker may write another kind of part (`write_part`: the tokenizer writes a token
-  shard directory per task); `run_parts` returns the finished parts of any kind. A `FilterWorker`'s task
-  also writes the records it keeps, so a filter stage's output is assembled from the tasks' files and its
-  driver reads only the small results (`common.FilterWriter.run`; inline, that is one task in-process).
+results). `run_parts` runs it as datatrove tasks (inline: one task in this process): task `rank` reads only
+its own share of the input (a byte range of a JSONL file, or its own files of a directory of shards:
+`corpus.task_records`, so reading costs N records in total, not tasks x N) and writes its part atomically,
+by default one result line per record (`parts/<rank>.jsonl`); concatenated in rank order the parts are in
+input order. Parts are keyed by the input's hash and the worker's parameters (`parts/spec.json`); a re-run
+reuses the finished tasks (datatrove's completion markers) and runs only the ones that failed or were
+killed, whose part was never renamed into place. A worker may write another kind of part (`write_part`:
+the tokenizer writes a token shard directory per task). A `FilterWorker`'s task also writes the records it
+keeps, so a filter stage's output is assembled from the tasks' files and its driver reads only the small
+results (`common.FilterWriter.run`).
 
 On Slurm the driver cannot wait: it submits the map job and a dependent one-task job that re-runs the
 whole stage (`resume`), which finds the finished parts and writes the output; the driver raises
@@ -31,14 +27,14 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from itertools import chain, islice
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from datatrove.pipeline.base import PipelineStep
 from tqdm import tqdm
 
-from data_pipeline.curation.corpus import read_input, task_records
+from data_pipeline.curation.corpus import task_records
 from recipes.curation import ExecutorConfig
 from stagekit.io import StageError, atomic_path, fingerprint, write_json
 
@@ -129,40 +125,6 @@ def batched(iterable, n: int) -> Iterator[list]:
     it = iter(iterable)
     while batch := list(islice(it, n)):
         yield batch
-
-
-def map_documents(
-    path: str | Path,
-    worker: DocumentWorker,
-    executor: ExecutorConfig,
-    *,
-    work_dir: Path,
-    batch_size: int = 64,
-    desc: str = "",
-    required: tuple[str, ...] = ("text",),
-    resume: Callable[[], Any] | None = None,
-) -> Iterator[tuple[int, dict, Any]]:
-    """Yield (shard index, record, worker result) for every record of the input (a JSONL file or a shard
-    directory, see corpus.py), in input order."""
-    records = read_input(path, required)
-    if executor.kind == "inline":
-        worker.ready()
-        with tqdm(desc=desc or type(worker).__name__, unit="doc", dynamic_ncols=True) as bar:
-            for batch in batched(records, batch_size):
-                results = worker.process([r for _, r in batch])
-                yield from ((shard, r, result) for (shard, r), result in zip(batch, results))
-                bar.update(len(batch))
-        return
-    parts = run_parts(path, worker, executor, work_dir, batch_size, required, resume)
-    results = chain.from_iterable(read_part(p) for p in parts)
-    missing = object()
-    for i, (shard, record) in enumerate(records):
-        result = next(results, missing)
-        if result is missing:
-            raise StageError(f"{work_dir}: datatrove parts end before record {i} of {path}")
-        yield shard, record, result
-    if next(results, missing) is not missing:
-        raise StageError(f"{work_dir}: datatrove parts hold more results than {path} has records")
 
 
 def read_part(path: Path) -> Iterator[Any]:

@@ -85,14 +85,14 @@ KILL_SCRIPT = """
 import json, sys
 from pathlib import Path
 from curation_helpers import KillableWorker
-from data_pipeline.curation.executor import map_documents
+from data_pipeline.curation.executor import read_part, run_parts
 from recipes.curation import ExecutorConfig
 
 src, work, out = map(Path, sys.argv[1:4])
 if __name__ == "__main__":
     executor = ExecutorConfig(kind="local", tasks=3, workers=1)
-    pairs = map_documents(src, KillableWorker(str(work), "r10"), executor, work_dir=work / "dt", batch_size=2)
-    out.write_text(json.dumps([[r["id"], n] for _, r, n in pairs]))
+    parts = run_parts(src, KillableWorker(str(work), "r10"), executor, work / "dt", 2, ("text",), None)
+    out.write_text(json.dumps([n for p in parts for n in read_part(p)]))
 """
 
 
@@ -108,7 +108,7 @@ def test_killed_task_reruns_alone_without_losing_or_duplicating(tmp_path):
     assert run_in_own_session(cmd, env) == -signal.SIGKILL and not (tmp_path / "out.json").exists()
     assert run_in_own_session(cmd, env) == 0
     # Reference: the worker's result computed directly, every record once, in input order.
-    assert json.loads((tmp_path / "out.json").read_text()) == [[r["id"], len(r["text"])] for r in records]
+    assert json.loads((tmp_path / "out.json").read_text()) == [len(r["text"]) for r in records]
     processed = Counter((tmp_path / "processed.txt").read_text().split())
     ranges = [byte_range(src, rank, 3) for rank in range(3)]
     owner = {r["id"]: k for k, rng in enumerate(ranges) for r in read_jsonl_range(src, *rng, ())}
