@@ -6,6 +6,7 @@ import json
 import signal
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from curation_helpers import STDLIB, run_in_own_session, script_env, write_records
@@ -96,17 +97,20 @@ if __name__ == "__main__":
 """
 
 
-def test_killed_task_reruns_alone_without_losing_or_duplicating(tmp_path):
+def _kill_then_rerun(tmp_path: Path, script: str, out: Path) -> tuple[list[dict], Path]:
+    """Run `script` over 15 records as 3 tasks: SIGKILLed at record r10 the first time, then to the end."""
     records = [{"id": f"r{i}", "text": "y" * (i + 1)} for i in range(15)]
     src = write_records(tmp_path / "in.jsonl", records)
-    script = tmp_path / "run.py"
-    script.write_text(KILL_SCRIPT)
+    (tmp_path / "run.py").write_text(script)
     (tmp_path / "kill").touch()
-    cmd = [sys.executable, str(script), str(src), str(tmp_path), str(tmp_path / "out.json")]
-    env = script_env()
+    cmd = [sys.executable, str(tmp_path / "run.py"), str(src), str(tmp_path), str(out)]
+    assert run_in_own_session(cmd, script_env()) == -signal.SIGKILL and not out.exists()
+    assert run_in_own_session(cmd, script_env()) == 0
+    return records, src
 
-    assert run_in_own_session(cmd, env) == -signal.SIGKILL and not (tmp_path / "out.json").exists()
-    assert run_in_own_session(cmd, env) == 0
+
+def test_killed_task_reruns_alone_without_losing_or_duplicating(tmp_path):
+    records, src = _kill_then_rerun(tmp_path, KILL_SCRIPT, tmp_path / "out.json")
     # Reference: the worker's result computed directly, every record once, in input order.
     assert json.loads((tmp_path / "out.json").read_text()) == [len(r["text"]) for r in records]
     processed = Counter((tmp_path / "processed.txt").read_text().split())
@@ -133,23 +137,12 @@ if __name__ == "__main__":
     writer = FilterWriter("odd", out, 0.0, src)
     writer.run(KillableFilter(str(work), "r10"), executor, work_dir=work / "dt", desc="odd", resume=None,
                batch_size=2)
-    print(writer.seen, writer.kept, dict(writer.drops))
 """
 
 
 def test_filter_tasks_write_the_output_and_a_killed_one_reruns_alone(tmp_path):
-    records = [{"id": f"r{i}", "text": "y" * (i + 1)} for i in range(15)]
-    src = write_records(tmp_path / "in.jsonl", records)
-    script = tmp_path / "run.py"
-    script.write_text(FILTER_SCRIPT)
-    (tmp_path / "kill").touch()
     out = tmp_path / "kept.jsonl"
-    cmd = [sys.executable, str(script), str(src), str(tmp_path), str(out)]
-
-    assert run_in_own_session(cmd, script_env()) == -signal.SIGKILL and not out.exists()
-    finished = sorted(p.name for p in (tmp_path / "dt" / "parts").iterdir() if not p.name.startswith("."))
-    assert 0 < len([n for n in finished if n != "spec.json"]) < 3  # some tasks wrote their kept records
-    assert run_in_own_session(cmd, script_env()) == 0
+    records, _ = _kill_then_rerun(tmp_path, FILTER_SCRIPT, out)
     # Every even-length record once, in input order, written as the inline path writes it.
     assert out.read_bytes() == b"".join(filter_line(r) for r in records if len(r["text"]) % 2 == 0)
     processed = Counter((tmp_path / "processed.txt").read_text().split())
