@@ -58,7 +58,6 @@ class FilterWriter:
         executor: ExecutorConfig,
         *,
         work_dir: Path,
-        desc: str,
         resume: Callable[[], Any],
         batch_size: int = 64,
         observe: Callable[[Any], None] | None = None,

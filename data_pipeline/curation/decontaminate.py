@@ -129,7 +129,6 @@ def run_decontaminate(recipe: Recipe, input: Path, output: Path, *, force: bool 
         recipe.data.curation.executor,
         work_dir=Path(output).parent / "_datatrove" / Path(output).stem,
         batch_size=16,
-        desc=STAGE,
         resume=functools.partial(run_decontaminate, recipe, input, output, force=True),
         observe=observe,
     )

@@ -29,7 +29,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from datatrove.pipeline.base import PipelineStep
 from tqdm import tqdm
@@ -93,7 +93,7 @@ class FilterWorker(DocumentWorker):
 
     def write_part(self, tmp: Path, batches: Iterator[Batch]) -> None:
         (tmp / "kept").mkdir(parents=True)
-        kept: dict[int, Any] = {}
+        kept: dict[int, BinaryIO] = {}
         try:
             with open(tmp / "results.jsonl", "w", encoding="utf-8") as out:
                 for batch in batches:

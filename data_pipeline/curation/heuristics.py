@@ -86,7 +86,6 @@ def run_heuristics(
         HeuristicsWorker(rules=dataclasses.asdict(rules)),
         cfg.executor,
         work_dir=Path(output).parent / "_datatrove" / f"{Path(output).stem}",
-        desc=f"{STAGE}[{profile}]",
         resume=functools.partial(run_heuristics, recipe, input, output, profile=profile, force=True),
     )
     return writer.manifest(version=VERSION, params=params, inputs=[input])

@@ -209,7 +209,6 @@ def run_humaneval_study(recipe: Recipe, input: Path, output: Path, *, force: boo
         recipe.data.curation.executor,
         work_dir=Path(output).parent / "_datatrove" / Path(output).stem,
         batch_size=cfg.embed_batch_size,
-        desc=STAGE,
         resume=functools.partial(run_humaneval_study, recipe, input, output, force=True),
         observe=observe,
     )

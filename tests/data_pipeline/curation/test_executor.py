@@ -135,7 +135,7 @@ src, work, out = map(Path, sys.argv[1:4])
 if __name__ == "__main__":
     executor = ExecutorConfig(kind="local", tasks=3, workers=1)
     writer = FilterWriter("odd", out, 0.0, src)
-    writer.run(KillableFilter(str(work), "r10"), executor, work_dir=work / "dt", desc="odd", resume=None,
+    writer.run(KillableFilter(str(work), "r10"), executor, work_dir=work / "dt", resume=None,
                batch_size=2)
 """
 
