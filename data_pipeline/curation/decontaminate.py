@@ -24,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_pipeline.curation.common import FilterWriter, fresh
+from data_pipeline.curation.common import FilterWriter, curation_dir, fresh
 from data_pipeline.curation.executor import FilterWorker
 from data_pipeline.curation.ngram_index import BENCHMARK_FILES, missing_copy, shared_index, words
 from recipes import Recipe, to_dict
@@ -104,7 +104,7 @@ def run_decontaminate(recipe: Recipe, input: Path, output: Path, *, force: bool 
         rule=cfg.rule,
         difflib_ratio=cfg.difflib_ratio,
         min_item_words=cfg.min_item_words,
-        cache_dir=str(Path(output).parent / "_cache"),
+        cache_dir=str(curation_dir(recipe) / "_cache"),  # one index for every component of the run
     )
     index = worker.ready()._index  # fails fast on an unknown benchmark
     report = {
