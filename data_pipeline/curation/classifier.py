@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.curation.common import FilterWriter, fresh
+from data_pipeline.curation.common import FilterWriter, fresh, work_dir
 from data_pipeline.curation.corpus import read_input
 from data_pipeline.curation.embed import Embedder
 from data_pipeline.curation.executor import DocumentWorker, read_part, run_parts
@@ -266,7 +266,7 @@ def run_edu_filter(
         input,
         worker,
         recipe.data.curation.executor,
-        Path(output).parent / "_datatrove" / Path(output).stem,
+        work_dir(output),
         cfg.embed_batch_size,
         ("text",),
         functools.partial(run_edu_filter, recipe, input, output, classifier=classifier, force=True),

@@ -29,6 +29,11 @@ def curation_dir(recipe: Recipe) -> Path:
     return data_dir(recipe) / "curation"
 
 
+def work_dir(output: Path) -> Path:
+    """Where a stage keeps its datatrove parts and logs: `_datatrove/<output stem>/` beside its output."""
+    return Path(output).parent / "_datatrove" / Path(output).stem
+
+
 def fresh(
     output: Path, *, stage: str, version: str, params: dict, inputs: list[Path], force: bool
 ) -> dict | None:
@@ -57,7 +62,6 @@ class FilterWriter:
         worker: FilterWorker,
         executor: ExecutorConfig,
         *,
-        work_dir: Path,
         resume: Callable[[], Any],
         batch_size: int = 64,
         observe: Callable[[Any], None] | None = None,
@@ -65,7 +69,7 @@ class FilterWriter:
         """Filter the input with `worker` as datatrove tasks (inline: one task in this process). Each task
         writes the records it keeps; the driver reads only the results (`observe` sees each one, in input
         order, for the stage's report) and assembles the output from the tasks' kept files."""
-        parts = run_parts(self.input, worker, executor, work_dir, batch_size, ("text",), resume)
+        parts = run_parts(self.input, worker, executor, work_dir(self.output), batch_size, ("text",), resume)
         for part in parts:
             for result in read_part(part / "results.jsonl"):
                 if observe is not None:

@@ -127,7 +127,6 @@ def run_decontaminate(recipe: Recipe, input: Path, output: Path, *, force: bool 
     writer.run(
         worker,
         recipe.data.curation.executor,
-        work_dir=Path(output).parent / "_datatrove" / Path(output).stem,
         batch_size=16,
         resume=functools.partial(run_decontaminate, recipe, input, output, force=True),
         observe=observe,

@@ -52,7 +52,7 @@ from datatrove.utils.hashing import HashConfig
 from datatrove.utils.text import TextNormConfig
 from datatrove.utils.word_tokenizers import WordTokenizer
 
-from data_pipeline.curation.common import fresh
+from data_pipeline.curation.common import fresh, work_dir
 from data_pipeline.curation.corpus import OutputShards, read_input, task_records
 from data_pipeline.curation.executor import FINISH_ONLY_ENV, FinishStage, Submitted, slurm_options
 from recipes import Recipe, to_dict
@@ -374,7 +374,7 @@ def run_dedup(recipe: Recipe, input: Path, output: Path, *, force: bool = False)
         return manifest
     started = time.time()
     src, output = Path(input), Path(output)
-    work = output.parent / "_datatrove" / output.stem
+    work = work_dir(output)
     if executor.logging_dir:  # one shared root (e.g. a cluster filesystem): a subfolder per stage output
         tag = hashlib.sha256(str(work.resolve()).encode()).hexdigest()[:10]
         work = Path(executor.logging_dir) / f"{output.stem}-{STAGE}-{tag}"

@@ -85,7 +85,6 @@ def run_heuristics(
     writer.run(
         HeuristicsWorker(rules=dataclasses.asdict(rules)),
         cfg.executor,
-        work_dir=Path(output).parent / "_datatrove" / f"{Path(output).stem}",
         resume=functools.partial(run_heuristics, recipe, input, output, profile=profile, force=True),
     )
     return writer.manifest(version=VERSION, params=params, inputs=[input])

@@ -207,7 +207,6 @@ def run_humaneval_study(recipe: Recipe, input: Path, output: Path, *, force: boo
     writer.run(
         worker,
         recipe.data.curation.executor,
-        work_dir=Path(output).parent / "_datatrove" / Path(output).stem,
         batch_size=cfg.embed_batch_size,
         resume=functools.partial(run_humaneval_study, recipe, input, output, force=True),
         observe=observe,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from curation_helpers import STDLIB, run_in_own_session, script_env, write_records
 
+from data_pipeline.curation.common import work_dir
 from data_pipeline.curation.corpus import byte_range, read_jsonl_range
 from data_pipeline.curation.dedup import run_dedup
 from data_pipeline.curation.executor import filter_line
@@ -135,7 +136,7 @@ src, work, out = map(Path, sys.argv[1:4])
 if __name__ == "__main__":
     executor = ExecutorConfig(kind="local", tasks=3, workers=1)
     writer = FilterWriter("odd", out, 0.0, src)
-    writer.run(KillableFilter(str(work), "r10"), executor, work_dir=work / "dt", resume=None,
+    writer.run(KillableFilter(str(work), "r10"), executor, resume=None,
                batch_size=2)
 """
 
@@ -148,4 +149,4 @@ def test_filter_tasks_write_the_output_and_a_killed_one_reruns_alone(tmp_path):
     processed = Counter((tmp_path / "processed.txt").read_text().split())
     assert set(processed) == {r["id"] for r in records} and processed["r10"] == 2
     assert processed["r0"] == 1  # the first task had finished: it was not redone
-    assert not (tmp_path / "dt" / "parts").exists()  # the kept files moved into the output
+    assert not (work_dir(out) / "parts").exists()  # the kept files moved into the output
