@@ -41,13 +41,28 @@ def problem() -> dict:
     return read_problems()["HumanEval/0"]
 
 
+# One signal per signal attack: signals of one number that arrive together are delivered (and handled)
+# once, so only distinct numbers let the control run see every attack's own signal.
+ATTACK_SIGNALS = {
+    "py: os.kill the evaluator": signal.SIGUSR1,
+    "py: pidfd signal the evaluator": signal.SIGUSR2,
+}
+if sys.platform == "linux":
+    ATTACK_SIGNALS |= {
+        "sys: kill the evaluator": signal.SIGRTMIN,
+        "sys: pidfd signal the evaluator": signal.SIGRTMIN + 1,
+        "sys: rt_sigqueueinfo the evaluator": signal.SIGRTMIN + 2,
+    }
+
+
 @pytest.fixture
-def usr1():
-    """Counts SIGUSR1 reaching this (the evaluating) process while a test runs."""
+def received_signals():
+    """The attack signals reaching this (the evaluating) process while a test runs, as numbers."""
     received = []
-    previous = signal.signal(signal.SIGUSR1, lambda *_: received.append(1))
+    previous = {n: signal.signal(n, lambda n, _: received.append(n)) for n in ATTACK_SIGNALS.values()}
     yield received
-    signal.signal(signal.SIGUSR1, previous)
+    for n, handler in previous.items():
+        signal.signal(n, handler)
 
 
 class Listener:
@@ -206,7 +221,7 @@ def slug(name: str) -> str:
 
 def python_attacks(outside: Path, port: int, victim: Path) -> dict[str, tuple[str, str]]:
     """{name: (effect, body)}: attacks through Python's own API (what the audit hook sees). A "file" attack
-    aims to create `outside/<slug of "py: " + its name>`; "signal" ones send SIGUSR1 to this process;
+    aims to create `outside/<slug of "py: " + its name>`; "signal" ones send their ATTACK_SIGNALS number to this process;
     "metadata" ones make the existing files `victim` and `victim-fd` beside it world-writable."""
     at = {name: str(outside / slug("py: " + name)) for name in (
         "open outside", "os.open outside", "os.system", "posix.system", "subprocess", "_posixsubprocess.fork_exec",
@@ -219,11 +234,15 @@ def python_attacks(outside: Path, port: int, victim: Path) -> dict[str, tuple[st
         "False, 0, None, None, None, -1, None, False)\nos.waitpid(pid, 0)"
     )
     return {
-        "os.kill the evaluator": ("signal", body("import os, signal\nos.kill(os.getppid(), signal.SIGUSR1)")),
+        "os.kill the evaluator": (
+            "signal",
+            body(f"import os\nos.kill(os.getppid(), {ATTACK_SIGNALS['py: os.kill the evaluator']})"),
+        ),
         "pidfd signal the evaluator": (
             "signal",
             body(
-                "import os, signal\nfd = os.pidfd_open(os.getppid())\nsignal.pidfd_send_signal(fd, signal.SIGUSR1)"
+                "import os, signal\nfd = os.pidfd_open(os.getppid())\n"
+                f"signal.pidfd_send_signal(fd, {ATTACK_SIGNALS['py: pidfd signal the evaluator']})"
             ),
         ),
         "open outside": ("file", body(f"open({at['open outside']!r}, 'w').write('x')")),
@@ -315,24 +334,28 @@ def syscall_attacks(outside: Path, port: int, buffer_address: int) -> dict[str, 
         "    return libc.syscall(*[a if isinstance(a, ctypes.Array) else ctypes.c_long(a) for a in (nr, *args)])\n"
     )
     nr = DENY.get(platform.machine(), (0, {}, {}))[1]
+    queued = ATTACK_SIGNALS["sys: rt_sigqueueinfo the evaluator"]
     at = {
         name: str(outside / slug("sys: " + name))
         for name in ("io_uring openat outside", "write outside", "fork and exec", "threads, then a process")
     }
     return {
-        "kill the evaluator": ("signal", body(libc + "libc.kill(os.getppid(), signal.SIGUSR1)")),
+        "kill the evaluator": (
+            "signal",
+            body(libc + f"libc.kill(os.getppid(), {ATTACK_SIGNALS['sys: kill the evaluator']})"),
+        ),
         "pidfd signal the evaluator": (
             "signal",
             body(
                 libc + f"fd = call({nr.get('pidfd_open')}, os.getppid(), 0)\n"
-                f"call({nr.get('pidfd_send_signal')}, fd, signal.SIGUSR1, 0, 0)"
+                f"call({nr.get('pidfd_send_signal')}, fd, {ATTACK_SIGNALS['sys: pidfd signal the evaluator']}, 0, 0)"
             ),
         ),
         "rt_sigqueueinfo the evaluator": (
             "signal",
             body(
-                libc + "info = (ctypes.c_int * 32)(signal.SIGUSR1, 0, -1)  # si_code SI_QUEUE\n"
-                f"call({nr.get('rt_sigqueueinfo')}, os.getppid(), signal.SIGUSR1, info)"
+                libc + f"info = (ctypes.c_int * 32)({queued}, 0, -1)  # si_code SI_QUEUE\n"
+                f"call({nr.get('rt_sigqueueinfo')}, os.getppid(), {queued}, info)"
             ),
         ),
         "process_vm_writev into the evaluator": (
@@ -424,18 +447,18 @@ def attacks(target: dict, families: tuple[str, ...] = ("py", "sys")) -> dict[str
     return out
 
 
-def assert_no_side_effects(target: dict, usr1: list, verdicts: dict[str, dict]) -> None:
+def assert_no_side_effects(target: dict, received_signals: list, verdicts: dict[str, dict]) -> None:
     for name, verdict in verdicts.items():
         assert not verdict["passed"], (name, verdict)
     assert sorted(p.name for p in target["outside"].iterdir()) == []
     assert target["server"].accepted == 0
-    assert usr1 == []
+    assert received_signals == []
     assert target["buffer"].value == b"untouched"
     for victim in (target["victim"], target["victim"].with_name("victim-fd")):
         assert victim.stat().st_mode & 0o777 == 0o600, victim
 
 
-def test_hostile_programs_are_contained(problem, target, usr1):
+def test_hostile_programs_are_contained(problem, target, received_signals):
     """Every layer on: the Python-level and syscall-level attacks, plus resource abuse, all fail without
     effect; the harness then still passes the canonical solution."""
     bodies = {name: code for name, (_, code) in attacks(target).items()}
@@ -448,13 +471,13 @@ def test_hostile_programs_are_contained(problem, target, usr1):
         "huge allocation": body("x = bytearray(1 << 40)\nreturn True"),
     }
     verdicts = run(problem, bodies, timeout=2.0)
-    assert_no_side_effects(target, usr1, verdicts)
+    assert_no_side_effects(target, received_signals, verdicts)
     assert verdicts["infinite loop"]["result"] == "timed out"
     assert run_one(Job(problem, problem["canonical_solution"]), Limits())["passed"]
 
 
 @pytest.mark.skipif(not LINUX, reason="seccomp and Landlock are Linux x86-64/arm64 layers")
-def test_kernel_layers_hold_without_the_audit_hook(problem, target, usr1):
+def test_kernel_layers_hold_without_the_audit_hook(problem, target, received_signals):
     """With no audit hook (so ctypes works), seccomp refuses signals, pidfds, rt_sigqueueinfo,
     process_vm_writev, processes and sockets, and Landlock refuses writes outside (dir_fd ones included):
     the syscall attacks and the Python ones."""
@@ -465,10 +488,10 @@ def test_kernel_layers_hold_without_the_audit_hook(problem, target, usr1):
     assert layers["seccomp"] is True and layers["audit_hook"] is False
     if not layers["landlock_abi"]:  # a kernel without Landlock: file writes are the hook's job alone
         pytest.skip("no Landlock on this kernel")
-    assert_no_side_effects(target, usr1, verdicts)
+    assert_no_side_effects(target, received_signals, verdicts)
 
 
-def test_audit_hook_holds_without_the_kernel_layers(problem, target, usr1):
+def test_audit_hook_holds_without_the_kernel_layers(problem, target, received_signals):
     """With no seccomp and no Landlock, the hook alone refuses the Python-level attacks, including the ones
     that patch the harness's tables or reach the hook's closure, and dir_fd / chdir / symlink writes."""
     chosen = attacks(target, ("py",))
@@ -476,11 +499,11 @@ def test_audit_hook_holds_without_the_kernel_layers(problem, target, usr1):
     assert all(
         v["layers"]["seccomp"] is False and v["layers"]["landlock_abi"] == 0 for v in verdicts.values()
     )
-    assert_no_side_effects(target, usr1, verdicts)
+    assert_no_side_effects(target, received_signals, verdicts)
 
 
 @pytest.mark.skipif(not LINUX, reason="the syscall attacks are Linux calls")
-def test_every_attack_has_its_effect_with_every_layer_off(problem, target, usr1):
+def test_every_attack_has_its_effect_with_every_layer_off(problem, target, received_signals):
     """The control: unsandboxed, each attack body does create its file, signal this process, connect or
     overwrite this process's memory, so the containment tests above fail if a layer stops holding."""
     chosen = attacks(target)
@@ -491,7 +514,9 @@ def test_every_attack_has_its_effect_with_every_layer_off(problem, target, usr1)
     if not io_uring_available():  # disabled by sysctl or a container's own filter: no effect to show
         expected.discard(slug("sys: io_uring openat outside"))
     assert created == expected
-    assert len(usr1) == effects.count("signal")
+    assert sorted(received_signals) == sorted(
+        ATTACK_SIGNALS[name] for name, (effect, _) in chosen.items() if effect == "signal"
+    )
     assert target["server"].accepted == effects.count("net")
     if os.geteuid() == 0 or _ptrace_scope() == 0:  # else Yama refuses a child writing its parent's memory
         assert target["buffer"].value == b"overwritten"
