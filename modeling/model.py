@@ -573,7 +573,8 @@ class Transformer(nn.Module):
         `seed`. A sequence also stops once its decoded continuation contains a stop string (the stop string's
         tokens are kept; callers cut the text). `compile`: run the decoding steps (not the prefill, whose
         length varies) through `torch.compile(decode_step, dynamic=False)`; it compiles once per (batch,
-        prompt + new tokens) shape, which pays off for long or repeated generations of one shape.
+        prompt + new tokens) shape, which pays off for long or repeated generations of one shape. On CPU the
+        first call re-lays the projection weights column-major (`_column_major_projections`).
         """
         if stop_strings and tokenizer is None:
             raise ValueError("stop_strings need a tokenizer to decode the continuation")
@@ -584,6 +585,8 @@ class Transformer(nn.Module):
         if max_new_tokens <= 0:
             return [[] for _ in prompts]
         device = self.embed.weight.device
+        if device.type == "cpu":
+            self._column_major_projections()
         lengths = torch.tensor([len(p) for p in prompts], device=device)
         B, L = len(prompts), int(lengths.max())
         # Pads sit on the left with position 0, so each is its own document and prompts keep positions 0..n-1.
@@ -618,6 +621,20 @@ class Transformer(nn.Module):
             logits = step_fn(tokens[:, None], (lengths + step)[:, None], slot, cache)
             cache.length += 1
         return out
+
+    @torch.no_grad()
+    def _column_major_projections(self) -> None:
+        """Store every projection weight column-major, in place: same shape and values, strides (1, rows).
+        F.linear then hands BLAS a row-major [in, out] matrix, and CPU matrix-vector products (decoding at
+        batch 1) stream that form about twice as fast as the [out, in] one (bench/README.md, "decode layout").
+        Prefill is as fast either way; training is not faster, so only generate() calls this (a model trained
+        afterwards computes the same numbers). Skips weights that share their storage (an engine's flat
+        buffer: FSDP, DeepSpeed), which is not ours to replace."""
+        for module in self.modules():
+            w = module.weight if isinstance(module, nn.Linear) else None
+            owned = w is not None and w.untyped_storage().nbytes() == w.numel() * w.element_size()
+            if owned and w.stride(0) != 1:
+                w.data = w.t().contiguous().t()
 
     # ---- Hugging Face checkpoints --------------------------------------------------------------------------
 

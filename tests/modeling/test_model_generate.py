@@ -139,3 +139,38 @@ def test_compiled_decoding_equals_eager_and_compiles_once():
     assert model.generate(PROMPTS, 10, compile=True) == eager
     assert model.generate(PROMPTS, 10, compile=True) == eager  # same shape: the compiled step is reused
     assert counters["stats"]["unique_graphs"] == 1 and not counters["recompiles"], dict(counters)
+
+
+def test_cpu_generate_makes_projections_column_major_and_changes_no_result():
+    """generate() on CPU re-lays every projection weight column-major in place (bench/README.md, "decode
+    layout"): the weights keep their values and ties, the forward, the loss and its gradients stay the same,
+    and a weight that lives in a shared flat buffer (as FSDP / DeepSpeed keep them) is left where it is."""
+    torch.manual_seed(0)
+    model = Transformer(small_config(init_std=0.1, tie_word_embeddings=True))  # the head is the embedding
+    flat = torch.zeros(model.layers[0].mlp.out_proj.weight.numel() + 7)
+    shared = model.layers[0].mlp.out_proj.weight
+    shared.data = flat[7:].view_as(shared).copy_(shared)
+    ids = torch.randint(model.config.vocab_size, (2, 16))
+
+    def results() -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        logits = model(ids).detach()
+        model(ids, targets=ids).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        return logits, model(ids, targets=ids).detach(), grads
+
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    before = results()
+    model.generate(PROMPTS, 4)
+    after = results()
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for name, p in model.named_parameters():
+        assert torch.equal(p, weights[name]), name
+        if name.removesuffix(".weight") in linears and name != "layers.0.mlp.out_proj.weight":
+            assert p.stride() == (1, p.shape[0]), name
+    assert shared.stride() == (shared.shape[1], 1) and shared.data_ptr() == flat[7:].data_ptr()
+    assert model.lm_head.weight is model.embed.weight
+    torch.testing.assert_close(after[0], before[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(after[1], before[1], rtol=0, atol=1e-6)
+    for name in before[2]:
+        torch.testing.assert_close(after[2][name], before[2][name], rtol=1e-5, atol=1e-6)
