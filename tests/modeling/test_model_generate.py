@@ -174,3 +174,6 @@ def test_cpu_generate_makes_projections_column_major_and_changes_no_result():
     torch.testing.assert_close(after[1], before[1], rtol=0, atol=1e-6)
     for name in before[2]:
         torch.testing.assert_close(after[2][name], before[2][name], rtol=1e-5, atol=1e-6)
+    half = Transformer(small_config(tie_word_embeddings=True)).to(torch.bfloat16)  # slower column-major
+    half.generate(PROMPTS, 2)
+    assert all(p.stride() == (p.shape[1], 1) for p in half.parameters() if p.dim() == 2)
