@@ -13,7 +13,7 @@ is the largest ours/transformers ratio this model can reach here without faster 
 also prints the fp32 weight bytes the decoding steps read divided by our matmul time, next to this
 machine's copy bandwidth (a 256 MiB `Tensor.copy_`, same run). See bench/README.md.
 
-    .venv/bin/python bench/speed_ceiling.py            # ~2 min here
+    .venv/bin/python bench/speed_ceiling.py            # ~1 min here
 """
 
 from __future__ import annotations
