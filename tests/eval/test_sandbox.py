@@ -507,7 +507,11 @@ def test_every_attack_has_its_effect_with_every_layer_off(problem, target, recei
     """The control: unsandboxed, each attack body does create its file, signal this process, connect or
     overwrite this process's memory, so the containment tests above fail if a layer stops holding."""
     chosen = attacks(target)
-    run(problem, {name: code for name, (_, code) in chosen.items()}, layers=NO_LAYERS)
+    # every body ends on its own here; a generous limit keeps a loaded CI box from cutting one short
+    verdicts = run(
+        problem, {name: code for name, (_, code) in chosen.items()}, layers=NO_LAYERS, timeout=20.0
+    )
+    assert not [name for name, v in verdicts.items() if v["result"] == "timed out"]
     effects = [effect for effect, _ in chosen.values()]
     created = {p.name for p in target["outside"].iterdir()}
     expected = {slug(name) for name, (effect, _) in chosen.items() if effect == "file"}
