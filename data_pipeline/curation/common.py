@@ -64,17 +64,19 @@ class FilterWriter:
         *,
         resume: Callable[[], Any],
         batch_size: int = 64,
-        observe: Callable[[Any], None] | None = None,
+        observe: Callable[[Any, str | None], None] | None = None,
     ) -> None:
         """Filter the input with `worker` as datatrove tasks (inline: one task in this process). Each task
-        writes the records it keeps; the driver reads only the results (`observe` sees each one, in input
-        order, for the stage's report) and assembles the output from the tasks' kept files."""
+        writes the records it keeps; the driver reads only the results (`observe(result, rule)` sees each
+        one and its verdict, in input order, for the stage's report) and assembles the output from the
+        tasks' kept files."""
         parts = run_parts(self.input, worker, executor, work_dir(self.output), batch_size, ("text",), resume)
         for part in parts:
             for result in read_part(part / "results.jsonl"):
+                rule = worker.verdict(result)
                 if observe is not None:
-                    observe(result)
-                self._count(worker.verdict(result))
+                    observe(result, rule)
+                self._count(rule)
         self._check()
         with OutputShards(self.output, self.input) as out:
             for shard in range(len(out.names) if out.directory else 1):

@@ -114,7 +114,7 @@ def run_decontaminate(recipe: Recipe, input: Path, output: Path, *, force: bool 
     report.update({b: {"skipped": why} for b, why in index.skipped.items()})
     hit_items: dict[str, set[str]] = defaultdict(set)
 
-    def observe(hits: list[dict]) -> None:
+    def observe(hits: list[dict], _rule: str | None) -> None:
         for bench in sorted({h["benchmark"] for h in hits}):
             report[bench]["docs_dropped"] += 1
         for h in hits:

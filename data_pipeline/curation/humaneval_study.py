@@ -187,12 +187,12 @@ def run_humaneval_study(recipe: Recipe, input: Path, output: Path, *, force: boo
     }  # problem -> score of its closest exercise
     examples: list[dict] = []
 
-    def observe(result: dict) -> None:
+    def observe(result: dict, rule: str | None) -> None:
         for kind in thresholds:
             removed[kind].update(t for t in thresholds[kind] if result[f"best_{kind}"] >= t)
             for i, score in result[kind]:
                 closest[kind][i] = max(closest[kind].get(i, 0.0), score)
-        if (rule := worker.verdict(result)) and len(examples) < 10:
+        if rule and len(examples) < 10:
             kind = rule.removeprefix("humaneval_")
             examples.append(
                 {
